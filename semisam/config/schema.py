@@ -1,0 +1,258 @@
+"""The configuration schema: one structured dataclass per concern.
+
+Every key a YAML file or a ``key=value`` override may set is declared here, with its type and default.
+OmegaConf enforces the types and rejects unknown keys (see :mod:`semisam.config.loader`); the checks that
+types alone cannot express (value ranges, choices, cross-field rules) live in :func:`validate_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+DATA_FORMATS = ("folder", "nnunet", "ssl4mis_h5")
+MODALITIES = ("mr", "ct", "rgb", "none")
+STUDENT_ARCHS = ("basic_unet", "timm_unet")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("poly", "cosine", "constant")
+METHODS = ("supervised", "mean_teacher")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+INFERENCE_MODES = ("resize", "sliding_window")
+EVAL_METRICS = ("dice", "iou", "hd95", "asd")
+
+
+@dataclass
+class SubsetConfig:
+    """Where the case ids of one subset come from.
+
+    ``file`` is a text list (one id per line) or a JSON file, relative to ``data.root`` unless absolute;
+    for JSON, ``key`` names the list inside it. Ids may carry a file extension (``case.h5``); it is stripped.
+    With no ``file``, the subset is left to the rules of :class:`SplitConfig`.
+    """
+
+    file: str | None = None
+    key: str | None = None
+
+
+@dataclass
+class SplitConfig:
+    """How the cases divide into labeled / unlabeled / val / test.
+
+    - ``train`` is the training pool (default: every case the reader finds that is not in val or test).
+    - The labeled subset is exactly one of: ``labeled`` (a list), ``labeled_count`` (the first N ids of the
+      pool, in pool order: the ACDC literature protocol), ``labeled_fraction`` (the first round(f * N)).
+      ``shuffle_seed`` shuffles the pool first; ``None`` keeps the file's order.
+    - The unlabeled subset is the rest of the pool (capped by ``unlabeled_count`` if set).
+    - ``val`` / ``test`` come from files, or are carved from the pool by ``val_fraction`` / ``test_fraction``
+      (after the seeded shuffle ``carve_seed``) when no file is given.
+    """
+
+    train: SubsetConfig = field(default_factory=SubsetConfig)
+    val: SubsetConfig = field(default_factory=SubsetConfig)
+    test: SubsetConfig = field(default_factory=SubsetConfig)
+    labeled: SubsetConfig = field(default_factory=SubsetConfig)
+    labeled_count: int | None = None
+    labeled_fraction: float | None = None
+    unlabeled_count: int | None = None
+    shuffle_seed: int | None = None
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+    carve_seed: int = 0
+
+
+@dataclass
+class AugmentationConfig:
+    """Albumentations pipelines. ``weak`` is spatial (applied jointly to every map of a sample);
+    ``strong`` adds photometric changes to the image channels only."""
+
+    flip: bool = True
+    rotate90: bool = True
+    rotate_limit: float = 20.0  # degrees; 0 disables the small-angle rotation
+    scale_limit: float = 0.0  # fraction, e.g. 0.1 for +-10 %
+    brightness_contrast: float = 0.2  # strong only
+    gamma: bool = True  # strong only
+    gaussian_noise: float = 0.05  # strong only; std in normalised intensity units
+    blur: bool = True  # strong only
+
+
+@dataclass
+class DataConfig:
+    """A data set: where it is, how to read it, how to split and preprocess it."""
+
+    name: str = MISSING
+    format: str = MISSING  # one of DATA_FORMATS
+    root: str = MISSING
+    num_classes: int = MISSING  # including background
+    class_names: list[str] = field(default_factory=list)  # foreground and background, in label order
+    in_channels: int = 1
+    modality: str = "mr"  # intensity normalisation: mr/ct percentile clip + scale, rgb /255, none as stored
+    clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    image_size: list[int] = field(default_factory=lambda: [256, 256])  # training size (H, W), pixels
+    # 2D folder layout
+    image_dir: str = "images"
+    label_dir: str = "masks"
+    image_suffix: str = ""  # "" accepts .png/.jpg/.jpeg/.tif/.tiff/.bmp
+    label_suffix: str = ".png"
+    label_threshold: int | None = None  # masks stored as 0/255: label = value > threshold
+    # nnU-Net raw layout
+    slice_axis: int = 2  # axis of the (X, Y, Z) NIfTI array along which volumes are cut into 2D slices
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    num_workers: int = 2
+    cache_cases: int = 8  # volumes kept in memory per worker when slicing 3D cases
+
+
+@dataclass
+class StudentConfig:
+    """The student network: MONAI's BasicUNet or a U-Net on a timm encoder."""
+
+    arch: str = "basic_unet"
+    features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    dropout: float = 0.0
+    encoder: str = "resnet18"  # timm_unet only
+    pretrained: bool = False  # timm_unet only: needs the weights locally (no download here)
+
+
+@dataclass
+class ScheduleConfig:
+    """Optimisation and the rhythm of a run; counts are in iterations."""
+
+    iterations: int = 30000
+    batch_size: int = 12  # labeled images per step
+    unlabeled_batch_size: int = 12  # unlabeled images per step (ignored by `supervised`)
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "poly"
+    poly_power: float = 0.9
+    warmup_iterations: int = 0
+    grad_clip: float | None = None
+    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
+    val_every: int = 1000
+    checkpoint_every: int = 500
+    log_every: int = 20
+    image_every: int = 1000  # TensorBoard image grids
+
+
+@dataclass
+class MethodConfig:
+    """Which semi-supervised method trains the student, and its weights and ramps."""
+
+    name: str = "supervised"
+    ema_decay: float = 0.99
+    consistency_weight: float = 0.1  # final weight of the mean-teacher consistency term
+    consistency_rampup: float = 1.0  # fraction of the run over which the weight ramps up (exp(-5(1-t)^2))
+    ema_input_noise: float = 0.1  # std of the Gaussian noise on the EMA model's input (clamped at 2 std)
+    dice_weight: float = 0.5  # supervised loss = dice_weight * Dice + ce_weight * CE
+    ce_weight: float = 0.5
+
+
+@dataclass
+class EvalConfig:
+    """How students are scored."""
+
+    inference: str = "resize"  # resize each slice to data.image_size, or sliding_window at native size
+    batch_size: int = 16  # slices per forward pass
+    metrics: list[str] = field(default_factory=lambda: ["dice", "iou", "hd95", "asd"])
+    val_metrics: list[str] = field(default_factory=lambda: ["dice"])  # during training
+    sw_overlap: float = 0.25
+    figure_cases: int = 4  # cases drawn in the PNG figure
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``output_dir`` receives config.yaml, checkpoints/, TensorBoard events, metrics.csv."""
+
+    seed: int = 1337
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key."""
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check what types cannot: choices, ranges and cross-field rules. Raises :class:`ConfigError`."""
+    d = cfg.data
+    _choice("data.format", d.format, DATA_FORMATS)
+    _choice("data.modality", d.modality, MODALITIES)
+    if d.num_classes < 2:
+        raise ConfigError(f"data.num_classes={d.num_classes} must be >= 2 (background included)")
+    if d.class_names and len(d.class_names) != d.num_classes:
+        raise ConfigError(f"data.class_names has {len(d.class_names)} names but data.num_classes={d.num_classes}")
+    _positive("data.in_channels", d.in_channels)
+    if len(d.image_size) != 2 or min(d.image_size) < 16:
+        raise ConfigError(f"data.image_size={list(d.image_size)} must be two sizes >= 16 (H, W)")
+    if len(d.clip_percentiles) != 2 or not 0 <= d.clip_percentiles[0] < d.clip_percentiles[1] <= 100:
+        raise ConfigError(f"data.clip_percentiles={list(d.clip_percentiles)} must be [low, high] in 0..100")
+    s = d.split
+    given = [k for k in ("labeled", "labeled_count", "labeled_fraction") if _is_set(getattr(s, k))]
+    if len(given) > 1:
+        raise ConfigError(f"data.split: give only one of labeled / labeled_count / labeled_fraction, got {given}")
+    if s.labeled_count is not None and s.labeled_count <= 0:
+        raise ConfigError(f"data.split.labeled_count={s.labeled_count} leaves no labeled data")
+    if s.labeled_fraction is not None and not 0 < s.labeled_fraction <= 1:
+        raise ConfigError(f"data.split.labeled_fraction={s.labeled_fraction} must be in (0, 1]")
+    for k in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(s, k) < 1:
+            raise ConfigError(f"data.split.{k}={getattr(s, k)} must be in [0, 1)")
+
+    st = cfg.student
+    _choice("student.arch", st.arch, STUDENT_ARCHS)
+    if len(st.features) < 2 or min(st.features) <= 0:
+        raise ConfigError(f"student.features={list(st.features)} needs at least two positive widths")
+    if not 0 <= st.dropout < 1:
+        raise ConfigError(f"student.dropout={st.dropout} must be in [0, 1)")
+
+    sc = cfg.schedule
+    _positive("schedule.iterations", sc.iterations)
+    _positive("schedule.batch_size", sc.batch_size)
+    _positive("schedule.unlabeled_batch_size", sc.unlabeled_batch_size, allow_zero=True)
+    _choice("schedule.optimizer", sc.optimizer, OPTIMIZERS)
+    _choice("schedule.lr_schedule", sc.lr_schedule, LR_SCHEDULES)
+    _choice("schedule.amp", sc.amp, AMP_MODES)
+    _positive("schedule.lr", sc.lr)
+    for k in ("val_every", "checkpoint_every", "log_every", "image_every"):
+        _positive(f"schedule.{k}", getattr(sc, k), allow_zero=True)
+
+    m = cfg.method
+    _choice("method.name", m.name, METHODS)
+    if not 0 <= m.ema_decay < 1:
+        raise ConfigError(f"method.ema_decay={m.ema_decay} must be in [0, 1)")
+    if m.name != "supervised" and sc.unlabeled_batch_size == 0:
+        raise ConfigError(f"method.name={m.name} needs schedule.unlabeled_batch_size > 0")
+    if not 0 < m.consistency_rampup <= 1:
+        raise ConfigError(f"method.consistency_rampup={m.consistency_rampup} must be in (0, 1]")
+
+    e = cfg.eval
+    _choice("eval.inference", e.inference, INFERENCE_MODES)
+    for name in list(e.metrics) + list(e.val_metrics):
+        _choice("eval.metrics", name, EVAL_METRICS)
+    if not e.val_metrics or "dice" not in e.val_metrics:
+        raise ConfigError("eval.val_metrics must include 'dice': the best checkpoint is chosen on it")
+
+
+def _is_set(value: Any) -> bool:
+    if isinstance(value, SubsetConfig):
+        return value.file is not None
+    return value is not None

@@ -1,0 +1,166 @@
+"""Training samples: 2D slices of the cases a reader provides, and the iteration-indexed sampler that feeds them.
+
+A training *item* is ``(case_id, slice_index)``; ``slice_index`` is ``-1`` for a 2D case and ``k`` for the
+k-th slice (along the reader's slicing axis) of a 3D case.
+
+Reproducibility and resumption: :class:`IterationBatchSampler` derives batch ``t`` from ``(seed, t)`` alone and
+gives every sample its own augmentation seed, so a run restarted at iteration ``t`` sees exactly the batches an
+uninterrupted run would have seen, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from semisam.config.schema import DataConfig
+from semisam.data.readers import CaseReader
+from semisam.data.transforms import (
+    apply_joint,
+    apply_photometric,
+    build_photometric_transform,
+    build_spatial_transform,
+    normalize_intensity,
+)
+
+Item = tuple[str, int]
+
+
+def expand_to_slices(reader: CaseReader, case_ids: Sequence[str]) -> list[Item]:
+    """Every 2D item of ``case_ids``: ``(id, -1)`` for a 2D case, ``(id, k)`` for each slice k of a 3D case."""
+    items: list[Item] = []
+    for case_id in case_ids:
+        n = reader.num_slices(case_id)
+        items.extend([(case_id, -1)] if n is None else [(case_id, k) for k in range(n)])
+    return items
+
+
+class CaseLoader:
+    """Reads and normalises whole cases, keeping the last few in memory (3D cases are read once per volume,
+    not once per slice). Normalisation is per case, so a slice is normalised with its volume's statistics."""
+
+    def __init__(self, reader: CaseReader, cfg: DataConfig) -> None:
+        self.reader = reader
+        self.cfg = cfg
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def image(self, case_id: str) -> np.ndarray:
+        """Normalised image, float32 (C, H, W) or (C, D, H, W)."""
+        if case_id in self._cache:
+            self._cache.move_to_end(case_id)
+            return self._cache[case_id]
+        image = normalize_intensity(
+            self.reader.read_image(case_id), self.cfg.modality, tuple(self.cfg.clip_percentiles)
+        )
+        self._cache[case_id] = image
+        while len(self._cache) > max(1, self.cfg.cache_cases):
+            self._cache.popitem(last=False)
+        return image
+
+    def image_slice(self, case_id: str, slice_index: int) -> np.ndarray:
+        """float32 (C, H, W)."""
+        image = self.image(case_id)
+        return image if slice_index < 0 else image[:, slice_index]
+
+    def label_slice(self, case_id: str, slice_index: int) -> np.ndarray:
+        """int64 (H, W). Only ever called for labeled items."""
+        label = self.reader.read_label(case_id)
+        return label if slice_index < 0 else label[slice_index]
+
+
+class SliceDataset(Dataset):
+    """2D samples for training.
+
+    ``dataset[(index, seed)]`` (or ``dataset[index]``, unseeded) returns a dict:
+
+    - ``image``: float32 tensor (C, H, W), normalised and resized to ``cfg.image_size``, augmented if ``train``;
+    - ``label``: int64 tensor (H, W) — only when ``labeled``; an unlabeled dataset never reads a label;
+    - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).
+
+    ``strong`` adds photometric augmentation of the image channels (after the joint spatial transform).
+    """
+
+    def __init__(
+        self,
+        reader: CaseReader,
+        items: Sequence[Item],
+        cfg: DataConfig,
+        labeled: bool,
+        train: bool = True,
+        strong: bool = False,
+    ) -> None:
+        if not items:
+            raise ValueError(f"{'labeled' if labeled else 'unlabeled'} dataset of {cfg.name!r} has no items")
+        self.items = list(items)
+        self.cfg = cfg
+        self.labeled = labeled
+        self.loader = CaseLoader(reader, cfg)
+        self.spatial = build_spatial_transform(cfg, train)
+        self.photometric = build_photometric_transform(cfg.augmentation) if strong else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = (key, None) if isinstance(key, int) else key
+        case_id, slice_index = self.items[index]
+        continuous = {"image": self.loader.image_slice(case_id, slice_index)}
+        discrete = {}
+        if self.labeled:
+            discrete["label"] = self.loader.label_slice(case_id, slice_index).astype(np.int64)
+        cont, disc = apply_joint(self.spatial, continuous, discrete, seed)
+        image = cont["image"]
+        if self.photometric is not None:
+            image = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
+        sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "case_id": case_id,
+            "slice_index": slice_index,
+            "index": index,
+        }
+        if self.labeled:
+            sample["label"] = torch.from_numpy(disc["label"].astype(np.int64))
+        return sample
+
+
+class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields, for iterations ``start .. total-1``, a batch of ``(index, sample_seed)`` pairs.
+
+    Sample position ``p = t * batch_size + j`` falls in epoch ``p // n`` at place ``p % n`` of that epoch's
+    permutation, itself drawn from ``(seed, epoch)``; the sample's augmentation seed is drawn from ``(seed, p)``.
+    Nothing depends on how many batches were drawn before, so resuming at ``start`` is exact.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, total: int, seed: int, start: int = 0) -> None:
+        if num_items <= 0 or batch_size <= 0:
+            raise ValueError(f"need items and a positive batch size, got {num_items} items, batch {batch_size}")
+        self.n, self.batch_size, self.total, self.seed, self.start = num_items, batch_size, total, seed, start
+        self._perm_epoch = -1
+        self._perm = np.arange(num_items)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        """The batch of ``iteration``: ``batch_size`` pairs ``(index, sample_seed)``."""
+        out = []
+        for j in range(self.batch_size):
+            p = iteration * self.batch_size + j
+            index = int(self._permutation(p // self.n)[p % self.n])
+            sample_seed = int(np.random.default_rng([self.seed, 1, p]).integers(2**31 - 1))
+            out.append((index, sample_seed))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for t in range(self.start, self.total):
+            yield self.batch(t)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)

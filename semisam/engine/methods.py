@@ -1,0 +1,114 @@
+"""Training methods: what one iteration computes from a labeled and an unlabeled batch.
+
+Each method turns batches into a loss; the :class:`~semisam.engine.trainer.Trainer` owns everything else
+(optimiser step, EMA update, logging, checkpoints). The loss of each method is written here and only here.
+
+- ``supervised``: Dice + CE on the labeled batch (the unlabeled batch is never drawn).
+- ``mean_teacher`` (Tarvainen & Valpola 2017, as in SSL4MIS): supervised loss + w(t) * MSE between the
+  student's softmax on unlabeled images and the EMA model's softmax on the same images with Gaussian noise,
+  ``w(t) = consistency_weight * exp(-5 (1 - t)^2)`` over the first ``consistency_rampup`` of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from semisam.config.schema import RunConfig
+from semisam.engine.ema import StudentEMA
+from semisam.engine.losses import SupervisedLoss, consistency_loss
+from semisam.engine.ramps import consistency_weight
+
+
+@dataclass
+class StepOutput:
+    """The result of one method step.
+
+    ``loss`` is the scalar to back-propagate; ``logs`` are floats for TensorBoard / metrics.csv;
+    ``preview`` holds detached tensors for image grids: ``image`` (B, C, H, W), ``label`` (B, H, W) and
+    ``pred`` (B, H, W) of the labeled batch, and for methods that use them ``unlabeled_image`` / ``unlabeled_pred``.
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+    preview: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base: supervised training on the labeled batch."""
+
+    uses_unlabeled = False
+    needs_ema = False
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        m = cfg.method
+        self.supervised_loss = SupervisedLoss(cfg.data.num_classes, m.dice_weight, m.ce_weight)
+
+    def step(
+        self,
+        model: torch.nn.Module,
+        ema: StudentEMA | None,
+        labeled: dict[str, torch.Tensor],
+        unlabeled: dict[str, torch.Tensor] | None,
+        iteration: int,
+    ) -> StepOutput:
+        """One iteration's loss. Batches hold ``image`` (B, C, H, W) and, if labeled, ``label`` (B, H, W)."""
+        logits = model(labeled["image"])
+        loss = self.supervised_loss(logits, labeled["label"])
+        preview = {"image": labeled["image"], "label": labeled["label"], "pred": logits.argmax(1)}
+        return StepOutput(loss, {"loss/supervised": float(loss.detach())}, _detach(preview))
+
+
+class MeanTeacher(Method):
+    """Supervised loss plus the ramped consistency towards the EMA model on unlabeled images."""
+
+    uses_unlabeled = True
+    needs_ema = True
+
+    def step(self, model, ema, labeled, unlabeled, iteration):
+        if ema is None or unlabeled is None:
+            raise ValueError("mean_teacher needs an EMA model and an unlabeled batch")
+        m = self.cfg.method
+        num_labeled = labeled["image"].shape[0]
+        # One forward pass over labeled + unlabeled images, as SSL4MIS does (shared batch-norm statistics).
+        logits = model(torch.cat([labeled["image"], unlabeled["image"]]))
+        logits_l, logits_u = logits[:num_labeled], logits[num_labeled:]
+        sup = self.supervised_loss(logits_l, labeled["label"])
+        noise = torch.randn_like(unlabeled["image"]) * m.ema_input_noise
+        noise = noise.clamp(-2 * m.ema_input_noise, 2 * m.ema_input_noise)
+        with torch.no_grad():
+            ema_logits = ema.module(unlabeled["image"] + noise)
+        cons = consistency_loss(logits_u, ema_logits)
+        weight = consistency_weight(iteration, self.cfg.schedule.iterations, m.consistency_weight, m.consistency_rampup)
+        loss = sup + weight * cons
+        logs = {
+            "loss/total": float(loss.detach()),
+            "loss/supervised": float(sup.detach()),
+            "loss/consistency": float(cons.detach()),
+            "weight/consistency": weight,
+        }
+        preview = {
+            "image": labeled["image"],
+            "label": labeled["label"],
+            "pred": logits_l.argmax(1),
+            "unlabeled_image": unlabeled["image"],
+            "unlabeled_pred": logits_u.argmax(1),
+        }
+        return StepOutput(loss, logs, _detach(preview))
+
+
+METHODS: dict[str, type[Method]] = {"supervised": Method, "mean_teacher": MeanTeacher}
+
+
+def build_method(cfg: RunConfig) -> Method:
+    """The method named by ``cfg.method.name``."""
+    try:
+        return METHODS[cfg.method.name](cfg)
+    except KeyError:
+        raise ValueError(f"method.name={cfg.method.name!r} is not one of {sorted(METHODS)}") from None
+
+
+def _detach(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in tensors.items()}

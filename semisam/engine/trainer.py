@@ -1,0 +1,325 @@
+"""The training loop: batches in, optimiser steps, EMA, validation, checkpoints, records.
+
+The loss of each method lives in :mod:`semisam.engine.methods`; data, student, optimiser and evaluation are
+built by their own modules. A run directory holds ``config.yaml``, ``environment.json``,
+``checkpoints/{last,best}.pt``, ``tensorboard/`` and ``metrics.csv``. If ``checkpoints/last.pt`` exists, the
+run resumes from it (same config required), with model, EMA, optimiser, scheduler, scaler, RNG state and data
+order restored, so that it ends where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from semisam.config.loader import config_to_dict, save_config
+from semisam.config.schema import ConfigError, RunConfig
+from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices
+from semisam.data.readers import build_reader
+from semisam.data.splits import Split, resolve_split
+from semisam.engine.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_weights,
+    restore_rng,
+    save_checkpoint,
+)
+from semisam.engine.ema import StudentEMA
+from semisam.engine.methods import build_method
+from semisam.engine.optim import build_optimizer, build_scheduler
+from semisam.engine.run_logger import RunLogger, colorize, to_rgb
+from semisam.evaluation.inference import evaluate_cases
+from semisam.student.unet import build_student
+from semisam.utils import atomic_write_text, autocast_dtype, resolve_device, seed_everything
+from semisam.version import environment_info
+
+logger = logging.getLogger("semisam")
+
+# Keys that may differ between a run and its resumption (they do not change what is computed).
+RESUMABLE_DIFFERENCES = ("data.num_workers", "data.root", "output_dir", "device", "eval.batch_size")
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    run_dir: Path
+    iterations: int
+    best_metric: float
+    best_iteration: int
+    last_checkpoint: Path
+    best_checkpoint: Path
+
+
+class Trainer:
+    """Trains a student as configured. ``Trainer(cfg).fit()``."""
+
+    def __init__(self, cfg: RunConfig, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.run_dir = Path(cfg.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = autocast_dtype(cfg.schedule.amp, self.device)
+        seed_everything(cfg.seed, cfg.deterministic)
+
+        self.reader = build_reader(cfg.data)
+        self.split: Split = resolve_split(cfg.data, self.reader.case_ids())
+        self.method = build_method(cfg)
+        self.labeled_items = expand_to_slices(self.reader, self.split.labeled)
+        self.unlabeled_items = expand_to_slices(self.reader, self.split.unlabeled) if self.method.uses_unlabeled else []
+        if self.method.uses_unlabeled and not self.unlabeled_items:
+            raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data, but the split has none")
+
+        self.model = build_student(cfg.student, cfg.data.in_channels, cfg.data.num_classes).to(self.device)
+        self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.schedule)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.iteration = 0
+        self.best_metric = -math.inf
+        self.best_iteration = -1
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        return {
+            "config": config_to_dict(self.cfg),
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "best_metric": self.best_metric,
+            "best_iteration": self.best_iteration,
+            "rng": capture_rng(),
+            "model_info": {
+                "arch": self.cfg.student.arch,
+                "in_channels": self.cfg.data.in_channels,
+                "num_classes": self.cfg.data.num_classes,
+            },
+        }
+
+    def _resume(self, path: Path) -> dict:
+        """Restore everything but the RNG state, which is returned: it is restored only after the data loaders
+        exist (creating a loader iterator draws from torch's generator)."""
+        state = load_checkpoint(path, map_location=self.device)
+        self._check_same_config(state["config"], path)
+        load_model_weights(self.model, state, path)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best_metric = float(state["best_metric"])
+        self.best_iteration = int(state["best_iteration"])
+        logger.info("resumed from %s at iteration %d", path, self.iteration)
+        return state["rng"]
+
+    def _check_same_config(self, saved: dict, path: Path) -> None:
+        now = OmegaConf.create(config_to_dict(self.cfg))
+        then = OmegaConf.create(saved)
+        differing = []
+        for key in _flat_keys(now):
+            if key in RESUMABLE_DIFFERENCES:
+                continue
+            if OmegaConf.select(now, key) != OmegaConf.select(then, key, default="<absent>"):
+                differing.append(
+                    f"{key}: {OmegaConf.select(then, key, default='<absent>')!r} -> {OmegaConf.select(now, key)!r}"
+                )
+        if differing:
+            raise ConfigError(
+                f"{path} was written by a run with another config; resuming would mix two experiments. "
+                f"Differences: {'; '.join(differing[:6])}. Use another output_dir, or delete the run directory."
+            )
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
+        dataset = SliceDataset(self.reader, items, self.cfg.data, labeled=labeled, train=True)
+        sampler = IterationBatchSampler(
+            len(dataset),
+            batch_size,
+            self.cfg.schedule.iterations,
+            self.cfg.seed + seed_offset,
+            start=self.iteration,
+        )
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train to ``schedule.iterations``, resuming from ``checkpoints/last.pt`` if present.
+
+        Args:
+            stop_at: stop early after this iteration (checkpoint written), as a killed job would; the same
+                config run again resumes there. For time-boxed jobs and tests.
+        """
+        cfg, sc = self.cfg, self.cfg.schedule
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
+        rng_state = self._resume(last) if last.exists() else None
+        save_config(cfg, self.run_dir / "config.yaml")
+        atomic_write_text(self.run_dir / "environment.json", json.dumps(environment_info(), indent=2))
+        logger.info(
+            "run %s: %s, %d labeled / %d unlabeled training slices, %d val cases, device %s%s",
+            self.run_dir,
+            cfg.method.name,
+            len(self.labeled_items),
+            len(self.unlabeled_items),
+            len(self.split.val),
+            self.device,
+            f" ({self.amp_dtype})" if self.amp_dtype else "",
+        )
+        log = RunLogger(self.run_dir, self.iteration)
+        # The samplers end at the last iteration, so each loader is iterated exactly once.
+        labeled_batches = iter(self._loader(self.labeled_items, True, sc.batch_size, 0))
+        unlabeled_batches = (
+            iter(self._loader(self.unlabeled_items, False, sc.unlabeled_batch_size, 1))
+            if self.method.uses_unlabeled
+            else None
+        )
+        if rng_state is not None:
+            restore_rng(rng_state)
+        self.model.train()
+        bar = tqdm(
+            total=sc.iterations,
+            initial=self.iteration,
+            desc="train",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        tic = time.perf_counter()
+        try:
+            end = sc.iterations if stop_at is None else min(stop_at, sc.iterations)
+            while self.iteration < end:
+                batch_l = _to_device(next(labeled_batches), self.device)
+                batch_u = _to_device(next(unlabeled_batches), self.device) if unlabeled_batches else None
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    out = self.method.step(self.model, self.ema, batch_l, batch_u, self.iteration)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(
+                        f"loss is {out.loss.item()} at iteration {self.iteration}; last good state is {last}"
+                    )
+                self._optimise(out.loss)
+                if self.ema is not None:  # alpha_t uses the 0-based index of the step just taken (SSL4MIS)
+                    self.ema.update(self.model, self.iteration)
+                self.iteration += 1
+                bar.update(1)
+                it = self.iteration
+                if sc.log_every and it % sc.log_every == 0:
+                    logs = {**out.logs, "lr": self.optimizer.param_groups[0]["lr"]}
+                    logs["time/iter_s"] = (time.perf_counter() - tic) / sc.log_every
+                    tic = time.perf_counter()
+                    log.scalars(it, logs)
+                    bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}")
+                if sc.image_every and (it % sc.image_every == 0 or it == 1):
+                    self._log_images(log, out.preview, it)
+                if (sc.val_every and it % sc.val_every == 0) or it == sc.iterations:
+                    self._validate(log, best)
+                if (sc.checkpoint_every and it % sc.checkpoint_every == 0) or it in (sc.iterations, end):
+                    save_checkpoint(last, self._state())
+        finally:
+            bar.close()
+            log.close()
+        if self.iteration == sc.iterations and not best.exists():  # no validation: the last model is the best
+            save_checkpoint(best, self._state())
+        return TrainResult(self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best)
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.cfg.schedule.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.schedule.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+
+    def _validate(self, log: RunLogger, best: Path) -> None:
+        if not self.split.val:
+            return
+        acc, _ = evaluate_cases(
+            self.model,
+            self.reader,
+            self.split.val,
+            self.cfg.data,
+            self.cfg.eval,
+            self.device,
+            self.cfg.eval.val_metrics,
+            self.amp_dtype,
+        )
+        fg = acc.foreground_mean()
+        per_class = acc.mean()
+        values = {f"val/{name}": value for name, value in fg.items()}
+        names = self.cfg.data.class_names
+        for cls, metrics in per_class.items():
+            label = names[int(cls)] if names else cls
+            values[f"val/dice_{label}"] = metrics["dice"]
+        log.scalars(self.iteration, values)
+        dice = fg["dice"]
+        improved = dice > self.best_metric
+        if improved:
+            self.best_metric, self.best_iteration = dice, self.iteration
+            save_checkpoint(best, self._state())
+        logger.info(
+            "iteration %d: val Dice %.4f (best %.4f at %d)%s",
+            self.iteration,
+            dice,
+            self.best_metric,
+            self.best_iteration,
+            " *" if improved else "",
+        )
+
+    def _log_images(self, log: RunLogger, preview: dict[str, torch.Tensor], iteration: int) -> None:
+        if "image" in preview:
+            log.image_grid(
+                "train/labeled (image | label | prediction)",
+                iteration,
+                [to_rgb(preview["image"]), colorize(preview["label"]), colorize(preview["pred"])],
+            )
+        if "unlabeled_image" in preview:
+            log.image_grid(
+                "train/unlabeled (image | prediction)",
+                iteration,
+                [to_rgb(preview["unlabeled_image"]), colorize(preview["unlabeled_pred"])],
+            )
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        full = f"{prefix}{key}"
+        value = node[key]
+        if OmegaConf.is_dict(value):
+            keys.extend(_flat_keys(value, f"{full}."))
+        else:
+            keys.append(full)
+    return keys

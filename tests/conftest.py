@@ -1,0 +1,45 @@
+"""Shared fixtures: small generated data sets, the location of the real shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory) -> Path:
+    """A 2D-folder phantom (24 images of 32x32 + 4 val + 4 test), generated once per session."""
+    from semisam.data.phantom import make_phantom
+
+    root = tmp_path_factory.mktemp("phantom")
+    make_phantom(root, num_cases=32, size=32, seed=0, layout="folder", num_val=4, num_test=4)
+    return root
+
+
+def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
+    """Overrides that turn configs/demo.yaml into a seconds-long CPU run on ``root``."""
+    base = {
+        "data.root": str(root),
+        "data.image_size": "[32,32]",
+        "data.num_workers": "0",
+        "data.split.labeled_count": "6",
+        "student.features": "[4,8,16,32,64]",
+        "schedule.iterations": "6",
+        "schedule.batch_size": "2",
+        "schedule.unlabeled_batch_size": "2",
+        "schedule.val_every": "3",
+        "schedule.checkpoint_every": "3",
+        "schedule.log_every": "1",
+        "schedule.image_every": "3",
+        "output_dir": str(out),
+        "device": "cpu",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

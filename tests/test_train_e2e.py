@@ -1,0 +1,131 @@
+"""A tiny end-to-end run: train -> checkpoint -> resume -> evaluate, on the generated phantom."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semisam.config.loader import load_config
+from semisam.config.schema import ConfigError
+from semisam.engine.trainer import Trainer
+from semisam.evaluation.runner import evaluate_checkpoint
+
+from .conftest import REPO, tiny_overrides
+
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+def _cfg(root, out, **extra):
+    return load_config(DEMO, tiny_overrides(root, out, **extra))
+
+
+def test_supervised_run_writes_the_run_directory_and_evaluates(phantom_root, tmp_path):
+    cfg = _cfg(phantom_root, tmp_path / "run", **{"method.name": "supervised"})
+    result = Trainer(cfg, progress=False).fit()
+    run = result.run_dir
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "metrics.csv",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert result.iterations == 6 and 0 <= result.best_metric <= 1 and result.best_iteration in (3, 6)
+    assert load_config(run / "config.yaml") == cfg  # the saved config is the resolved one
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["torch"] == torch.__version__.split("+")[0] or env["packages"]["torch"]
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert state["iteration"] == 6 and state["config"]["method"]["name"] == "supervised"
+
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    tags = {r["tag"] for r in rows}
+    assert {"loss/supervised", "lr", "val/dice"} <= tags
+    assert [int(r["iteration"]) for r in rows if r["tag"] == "val/dice"] == [3, 6]
+
+    summary = evaluate_checkpoint(result.best_checkpoint, "test", progress=False)
+    out = run / "eval_test"
+    assert summary["num_cases"] == 4
+    assert set(summary["mean"]) == {"1", "2", "3"}
+    assert {"dice", "iou", "hd95", "asd"} <= set(summary["foreground_mean"])
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["foreground_mean"].keys() == summary["foreground_mean"].keys()
+    with (out / "metrics_per_case.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4 * 3
+    assert (out / "predictions.png").stat().st_size > 1000
+
+
+def _weights(trainer):
+    state = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    state.update({f"ema.{k}": v.clone() for k, v in trainer.ema.module.state_dict().items()})
+    return state
+
+
+def test_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(phantom_root, tmp_path):
+    extra = {"method.name": "mean_teacher", "deterministic": "true"}
+    straight = Trainer(_cfg(phantom_root, tmp_path / "a", **extra), progress=False)
+    straight.fit()
+
+    first = Trainer(_cfg(phantom_root, tmp_path / "b", **extra), progress=False)
+    first.fit(stop_at=4)  # as if killed after the checkpoint at iteration 4
+    assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["iteration"] == 4
+    resumed = Trainer(_cfg(phantom_root, tmp_path / "b", **extra), progress=False)
+    resumed.fit()
+    assert resumed.iteration == 6
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with (tmp_path / "b/metrics.csv").open() as f:
+        rows = [(r["iteration"], r["tag"]) for r in csv.DictReader(f)]
+    assert len(rows) == len(set(rows))  # no duplicated record after the resume
+
+
+def test_resume_with_another_config_is_refused(phantom_root, tmp_path):
+    Trainer(_cfg(phantom_root, tmp_path / "r", **{"method.name": "supervised"}), progress=False).fit(stop_at=3)
+    other = _cfg(phantom_root, tmp_path / "r", **{"method.name": "supervised", "schedule.lr": "0.5"})
+    with pytest.raises(ConfigError, match=r"schedule\.lr"):
+        Trainer(other, progress=False).fit()
+
+
+def test_same_seed_same_metrics(phantom_root, tmp_path):
+    extra = {"method.name": "supervised", "deterministic": "true"}
+    runs = [Trainer(_cfg(phantom_root, tmp_path / n, **extra), progress=False).fit() for n in ("x", "y")]
+    assert runs[0].best_metric == runs[1].best_metric
+    sx = evaluate_checkpoint(runs[0].best_checkpoint, "val", progress=False)
+    sy = evaluate_checkpoint(runs[1].best_checkpoint, "val", progress=False)
+    assert sx["foreground_mean"] == sy["foreground_mean"]
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "demo"])
+def test_tools_explain_themselves(tool):
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / f"{tool}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "usage:" in out and "key=value" in out
+
+
+def test_train_tool_reports_a_bad_key_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/train.py"),
+            "--config",
+            str(DEMO),
+            "schedule.iterationz=3",
+            f"output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "schedule.iterationz" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Train a semisam student.
+
+Examples:
+  python tools/train.py --config configs/acdc/7_supervised.yaml
+  python tools/train.py --config configs/kvasir/10_mean_teacher.yaml data.root=../shared/data/Kvasir-SEG \\
+      schedule.iterations=2000 output_dir=runs/kvasir10_mt
+
+The run directory (output_dir) receives config.yaml, environment.json, checkpoints/{last,best}.pt,
+tensorboard/ and metrics.csv. Running the same command again resumes from checkpoints/last.pt.
+"""
+
+import argparse
+
+from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs of batch jobs)")
+    args = parser.parse_args()
+    setup_logging(args.log_level)
+    from semisam.engine.trainer import Trainer
+
+    result = Trainer(config_from_args(args), progress=not args.no_progress).fit()
+    print(
+        f"done: {result.iterations} iterations, best val Dice {result.best_metric:.4f} at {result.best_iteration}; "
+        f"evaluate with: python tools/evaluate.py --checkpoint {result.best_checkpoint}"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
