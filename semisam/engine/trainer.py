@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from semisam.config.loader import config_to_dict, save_config
 from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices
+from semisam.data.fusion import fuse_priors, student_in_channels
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.engine.checkpoint import (
@@ -80,7 +81,13 @@ class Trainer:
         if self.method.uses_unlabeled and not self.unlabeled_items:
             raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data, but the split has none")
 
-        self.model = build_student(cfg.student, cfg.data.in_channels, cfg.data.num_classes).to(self.device)
+        self.priors = None
+        if cfg.priors.enabled:
+            from semisam.teacher.precompute import open_prior_store  # the teacher stack only when it is used
+
+            self.priors = open_prior_store(cfg, [*self.split.labeled, *self.split.unlabeled, *self.split.val])
+        self.in_channels = student_in_channels(cfg)
+        self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
         self.optimizer = build_optimizer(self.model.parameters(), cfg.schedule)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
@@ -104,7 +111,7 @@ class Trainer:
             "rng": capture_rng(),
             "model_info": {
                 "arch": self.cfg.student.arch,
-                "in_channels": self.cfg.data.in_channels,
+                "in_channels": self.in_channels,
                 "num_classes": self.cfg.data.num_classes,
             },
         }
@@ -146,7 +153,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
-        dataset = SliceDataset(self.reader, items, self.cfg.data, labeled=labeled, train=True)
+        dataset = SliceDataset(self.reader, items, self.cfg.data, labeled=labeled, train=True, priors=self.priors)
         sampler = IterationBatchSampler(
             len(dataset),
             batch_size,
@@ -210,8 +217,8 @@ class Trainer:
         try:
             end = sc.iterations if stop_at is None else min(stop_at, sc.iterations)
             while self.iteration < end:
-                batch_l = _to_device(next(labeled_batches), self.device)
-                batch_u = _to_device(next(unlabeled_batches), self.device) if unlabeled_batches else None
+                batch_l = self._inputs(next(labeled_batches))
+                batch_u = self._inputs(next(unlabeled_batches)) if unlabeled_batches else None
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     out = self.method.step(self.model, self.ema, batch_l, batch_u, self.iteration)
                 if not torch.isfinite(out.loss):
@@ -231,7 +238,7 @@ class Trainer:
                     log.scalars(it, logs)
                     bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}")
                 if sc.image_every and (it % sc.image_every == 0 or it == 1):
-                    self._log_images(log, out.preview, it)
+                    self._log_images(log, out.preview, it, batch_l.get("priors"))
                 if (sc.val_every and it % sc.val_every == 0) or it == sc.iterations:
                     self._validate(log, best)
                 if (sc.checkpoint_every and it % sc.checkpoint_every == 0) or it in (sc.iterations, end):
@@ -242,6 +249,16 @@ class Trainer:
         if self.iteration == sc.iterations and not best.exists():  # no validation: the last model is the best
             save_checkpoint(best, self._state())
         return TrainResult(self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best)
+
+    def _inputs(self, batch: dict) -> dict:
+        """Move a batch to the device and build the student's input (image fused with SAMAug priors; on odd
+        iterations of SAMAug's alternating scheme, the raw input)."""
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if self.priors is not None:
+            raw = self.cfg.priors.alternate and self.iteration % 2 == 1
+            batch["raw_image"] = batch["image"]
+            batch["image"] = fuse_priors(batch["image"], None if raw else batch["priors"], self.cfg.priors.fusion)
+        return batch
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,6 +288,8 @@ class Trainer:
             self.device,
             self.cfg.eval.val_metrics,
             self.amp_dtype,
+            priors=self.priors,
+            priors_cfg=self.cfg.priors,
         )
         fg = acc.foreground_mean()
         per_class = acc.mean()
@@ -294,23 +313,26 @@ class Trainer:
             " *" if improved else "",
         )
 
-    def _log_images(self, log: RunLogger, preview: dict[str, torch.Tensor], iteration: int) -> None:
+    def _log_images(
+        self, log: RunLogger, preview: dict[str, torch.Tensor], iteration: int, priors: torch.Tensor | None
+    ) -> None:
         if "image" in preview:
-            log.image_grid(
-                "train/labeled (image | label | prediction)",
-                iteration,
-                [to_rgb(preview["image"]), colorize(preview["label"]), colorize(preview["pred"])],
+            rows = [to_rgb(preview["image"])]
+            if priors is not None:  # segmentation prior, boundary prior
+                rows += [to_rgb(priors[:, :1].detach()), to_rgb(priors[:, 1:2].detach())]
+            rows += [colorize(preview["label"]), colorize(preview["pred"])]
+            tag = (
+                "image | seg prior | boundary prior | label | prediction"
+                if priors is not None
+                else ("image | label | prediction")
             )
+            log.image_grid(f"train/labeled ({tag})", iteration, rows)
         if "unlabeled_image" in preview:
             log.image_grid(
                 "train/unlabeled (image | prediction)",
                 iteration,
                 [to_rgb(preview["unlabeled_image"]), colorize(preview["unlabeled_pred"])],
             )
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _flat_keys(node, prefix: str = "") -> list[str]:

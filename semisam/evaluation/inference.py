@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from semisam.config.schema import DataConfig, EvalConfig
-from semisam.data.dataset import CaseLoader
+from semisam.config.schema import DataConfig, EvalConfig, PriorsConfig
+from semisam.data.dataset import CaseLoader, PriorSource
+from semisam.data.fusion import fuse_priors, more_confident
 from semisam.data.readers import CaseReader
 from semisam.evaluation.metrics import MetricAccumulator
 
@@ -71,21 +72,35 @@ def predict_case(
     batch_size: int = 16,
     amp_dtype: torch.dtype | None = None,
     overlap: float = 0.25,
+    priors: np.ndarray | None = None,
+    fusion: str = "none",
+    alternate: bool = False,
 ) -> np.ndarray:
     """Label map of one case.
 
     Args:
         image: normalised float32 (C, H, W) for a 2D case or (C, D, H, W) for a volume (slices along D).
+        priors: SAMAug prior maps float32 (2, H, W) or (D, 2, H, W), fused into the input by ``fusion``
+            (see :mod:`semisam.data.fusion`); ``None`` when the student takes none.
+        alternate: SAMAug's test-time rule: predict raw and augmented inputs, keep the more confident.
     Returns:
         int64 (H, W) or (D, H, W), the argmax over classes.
     """
     volume = image.ndim == 4
     slices = np.moveaxis(image, 1, 0) if volume else image[None]  # (N, C, H, W)
+    prior_slices = None if priors is None else (priors if volume else priors[None])  # (N, 2, H, W)
     out = np.empty((slices.shape[0], *slices.shape[-2:]), dtype=np.int64)
     for part in _batches(slices.shape[0], batch_size):
         x = torch.from_numpy(np.ascontiguousarray(slices[part])).to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            probs = predict_probabilities(model, x, image_size, mode, overlap)
+            if prior_slices is None:
+                probs = predict_probabilities(model, x, image_size, mode, overlap)
+            else:
+                p = torch.from_numpy(np.ascontiguousarray(prior_slices[part])).to(device)
+                probs = predict_probabilities(model, fuse_priors(x, p, fusion), image_size, mode, overlap)
+                if alternate:
+                    raw = predict_probabilities(model, fuse_priors(x, None, fusion), image_size, mode, overlap)
+                    probs = more_confident(raw, probs)
         out[part] = probs.argmax(dim=1).cpu().numpy()
     return out if volume else out[0]
 
@@ -101,8 +116,12 @@ def evaluate_cases(
     amp_dtype: torch.dtype | None = None,
     keep: int = 0,
     progress: bool = False,
+    priors: PriorSource | None = None,
+    priors_cfg: PriorsConfig | None = None,
 ) -> tuple[MetricAccumulator, list[dict]]:
     """Predict and score ``case_ids`` against their labels.
+
+    ``priors`` (the teacher cache's prior store) and ``priors_cfg`` are given when the student takes SAMAug priors.
 
     Returns:
         the filled :class:`MetricAccumulator`, and for the first ``keep`` cases a dict with ``case_id``,
@@ -128,6 +147,9 @@ def evaluate_cases(
             eval_cfg.batch_size,
             amp_dtype,
             eval_cfg.sw_overlap,
+            priors=None if priors is None else priors.load(case_id),
+            fusion=priors_cfg.fusion if priors_cfg else "none",
+            alternate=bool(priors_cfg and priors_cfg.alternate),
         )
         label = reader.read_label(case_id)
         acc.add(case_id, pred, label, spacing)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from semisam.config.loader import config_from_dict, load_config
 from semisam.config.schema import ConfigError
+from semisam.data.fusion import student_in_channels
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine.checkpoint import load_checkpoint, load_model_weights
@@ -56,14 +57,14 @@ def evaluate_checkpoint(
         cfg = load_config(config_paths, overrides)
     else:
         cfg = config_from_dict(state["config"], overrides)
-    cfg.student = saved.student  # the architecture is the checkpoint's
+    cfg.student, cfg.priors = saved.student, saved.priors  # the architecture and its inputs are the checkpoint's
     for key in ("num_classes", "in_channels"):
         if getattr(cfg.data, key) != getattr(saved.data, key):
             raise ConfigError(
                 f"data.{key}={getattr(cfg.data, key)} but {checkpoint} was trained with {getattr(saved.data, key)}"
             )
     device = resolve_device(cfg.device)
-    model = build_student(cfg.student, cfg.data.in_channels, cfg.data.num_classes)
+    model = build_student(cfg.student, student_in_channels(saved), cfg.data.num_classes)
     if weights == "ema" and state.get("ema") is None:
         raise ConfigError(f"{checkpoint} holds no EMA weights (method {saved.method.name})")
     ema_state = state.get("ema") or {}
@@ -84,6 +85,11 @@ def evaluate_checkpoint(
         split,
         cfg.data.name,
     )
+    priors = None
+    if cfg.priors.enabled:
+        from semisam.teacher.precompute import open_prior_store  # the teacher stack only when it is used
+
+        priors = open_prior_store(cfg, cases)
     acc, kept = evaluate_cases(
         model,
         reader,
@@ -95,6 +101,8 @@ def evaluate_checkpoint(
         autocast_dtype(cfg.schedule.amp, device),
         keep=cfg.eval.figure_cases,
         progress=progress,
+        priors=priors,
+        priors_cfg=cfg.priors,
     )
     summary = write_report(out, acc)
     if kept:

@@ -1,0 +1,238 @@
+"""Offline teacher work, done once per image: image embeddings and SAMAug prior maps, into the teacher cache.
+
+For every case of the requested splits: normalise it as the student will see it, embed its slices in batches
+with the frozen teacher, run the everything mode on each slice's embedding (segment-anything's automatic mask
+generator for point-capable teachers, the box grid for box-only ones), turn the masks into prior maps, and store
+the case atomically. Finished cases are skipped, so an interrupted run resumes where it stopped; a cache made by
+another teacher or with other settings is rebuilt (see :mod:`semisam.teacher.cache`).
+
+Embeddings are kept for training cases (labeled + unlabeled: the pseudo-label refreshes decode prompts on them)
+when ``teacher.cache_embeddings`` is set; priors are kept for every case the student will see.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from semisam.config.schema import RunConfig
+from semisam.data.dataset import CaseLoader
+from semisam.data.readers import CaseReader, build_reader
+from semisam.data.splits import Split, resolve_split
+from semisam.teacher.cache import CacheStore, cache_root, expected_manifest, teacher_identity
+from semisam.teacher.everything import everything_amg, everything_box_grid
+from semisam.teacher.priors import MaskRecord, prior_maps
+
+logger = logging.getLogger("semisam")
+
+SPLIT_NAMES = ("labeled", "unlabeled", "val", "test")
+TRAIN_SPLITS = ("labeled", "unlabeled")
+
+
+@dataclass
+class PrecomputeReport:
+    """What a precompute run did."""
+
+    root: Path
+    computed: list[str] = field(default_factory=list)
+    skipped: int = 0
+    images: int = 0  # 2D images (slices) processed
+    seconds: float = 0.0
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.images if self.images else 0.0
+
+
+def identity_of(teacher) -> dict:
+    """Manifest identity of a built :class:`~semisam.teacher.engine.SamTeacher`."""
+    spec = teacher.spec
+    return teacher_identity(spec.kind, teacher.checkpoint_sha256, spec.preprocessing, spec.encoder_size)
+
+
+def identity_from_config(cfg: RunConfig) -> dict:
+    """Manifest identity of the configured teacher without building it (hashes the checkpoint file only)."""
+    from semisam.teacher.checkpoints import resolve_checkpoint
+    from semisam.teacher.models import SPECS
+
+    spec = SPECS[cfg.teacher.kind]
+    _, sha256 = resolve_checkpoint(cfg.teacher)
+    return teacher_identity(spec.kind, sha256, spec.preprocessing, spec.encoder_size)
+
+
+def precompute_command(cfg_paths: Sequence[str] = ("<your config>",)) -> str:
+    configs = " ".join(f"--config {p}" for p in cfg_paths)
+    return f"python tools/precompute.py {configs}"
+
+
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """Normalised float (C, H, W) in [0, 1] -> uint8 (H, W, 3) for segment-anything's mask generator."""
+    rgb = np.repeat(image[:1], 3, axis=0) if image.shape[0] == 1 else image[:3]
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def everything_masks(teacher, image: np.ndarray, embedding: torch.Tensor, cfg: RunConfig) -> list[MaskRecord]:
+    """The teacher's everything-mode masks for one 2D image (C, H, W) in [0, 1], given its embedding
+    (1, 256, e, e)."""
+    ev = cfg.teacher.everything
+    height, width = image.shape[-2:]
+    if teacher.spec.accepts_points:
+        return everything_amg(teacher.model, to_uint8_rgb(image), ev, features=embedding.to(teacher.device))
+    input_size = teacher.input_size((height, width))
+
+    def decode(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result = teacher.decode_boxes(embedding, [boxes], [(height, width)], [input_size])[0]
+        return result.logits, result.iou
+
+    return everything_box_grid(decode, (height, width), ev)
+
+
+def _slices(image: np.ndarray) -> list[np.ndarray]:
+    """(C, H, W) -> [image]; (C, D, H, W) -> D images (C, H, W)."""
+    return [image] if image.ndim == 3 else [image[:, k] for k in range(image.shape[1])]
+
+
+def _case_order(split: Split, splits: Sequence[str]) -> list[tuple[str, bool]]:
+    """Unique cases of the requested splits in split order, with whether they are training cases."""
+    seen: dict[str, bool] = {}
+    for name in splits:
+        for case_id in getattr(split, name):
+            seen[case_id] = seen.get(case_id, False) or name in TRAIN_SPLITS
+    return list(seen.items())
+
+
+def precompute(
+    cfg: RunConfig,
+    teacher=None,
+    splits: Sequence[str] = SPLIT_NAMES,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    reader: CaseReader | None = None,
+) -> PrecomputeReport:
+    """Compute and cache embeddings and prior maps for the configured data set.
+
+    Args:
+        teacher: a built :class:`~semisam.teacher.engine.SamTeacher` (default: built from ``cfg.teacher``).
+        splits: which splits' cases to process.
+        limit: at most this many cases per split (a subset, e.g. for a CPU trial).
+        rank, world_size: process ``rank`` handles every ``world_size``-th case (torchrun sharding); rank 0
+            writes the manifests before the others start (the caller synchronises).
+    """
+    from semisam.teacher.engine import build_teacher
+
+    unknown = [s for s in splits if s not in SPLIT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown splits {unknown}; choose from {SPLIT_NAMES}")
+    teacher = teacher or build_teacher(cfg.teacher)
+    reader = reader or build_reader(cfg.data)
+    split = resolve_split(cfg.data, reader.case_ids())
+    if limit is not None:
+        split = Split(*(getattr(split, name)[:limit] for name in ("labeled", "unlabeled", "val", "test")))
+    root = cache_root(cfg)
+    identity = identity_of(teacher)
+    stores = {kind: CacheStore(root, kind) for kind in ("embeddings", "priors")}
+    keep_embeddings = cfg.teacher.cache_embeddings
+    for kind, store in stores.items():
+        if kind == "embeddings" and not keep_embeddings:
+            continue
+        if rank == 0:
+            store.prepare(expected_manifest(cfg, kind, identity))
+
+    cases = _case_order(split, splits)[rank::world_size]
+    report = PrecomputeReport(root=root)
+    todo = []
+    for case_id, is_train in cases:
+        need_emb = keep_embeddings and is_train and not stores["embeddings"].has(case_id)
+        need_pri = not stores["priors"].has(case_id)
+        if need_emb or need_pri:
+            todo.append((case_id, is_train, need_emb, need_pri))
+        else:
+            report.skipped += 1
+    logger.info(
+        "teacher %s: %d cases to compute, %d already cached, in %s", teacher.spec.kind, len(todo), report.skipped, root
+    )
+    loader = CaseLoader(reader, cfg.data)
+    tic = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"precompute[{teacher.spec.kind}]", disable=not progress, unit="case")
+    for case_id, need_emb, need_pri, embeddings, priors in _compute_cases(teacher, loader, todo, stores, cfg):
+        if need_emb:
+            stores["embeddings"].save(case_id, embeddings)
+        if need_pri:
+            stores["priors"].save(case_id, priors)
+        report.computed.append(case_id)
+        report.images += len(priors) if priors.ndim == 4 else 1
+        bar.update(1)
+    bar.close()
+    report.seconds = time.perf_counter() - tic
+    return report
+
+
+def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) -> Iterator[tuple]:
+    """Yield ``(case_id, need_emb, need_pri, embeddings, priors)`` per finished case.
+
+    Cases are taken ``embed_batch_size`` at a time and all their slices that lack a cached embedding go through
+    the encoder together (in batches of ``embed_batch_size``), so 2D data sets use full encoder batches too.
+    Cached embeddings are reused, never recomputed.
+    """
+    batch_size = cfg.teacher.embed_batch_size
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        images = [loader.image(case_id) for case_id, *_ in chunk]
+        loader._cache.clear()
+        slices = [_slices(image) for image in images]
+        embeddings: list[torch.Tensor | None] = []
+        to_embed: list[np.ndarray] = []
+        for (case_id, *_), case_slices in zip(chunk, slices, strict=True):
+            if stores["embeddings"].has(case_id):
+                cached = torch.from_numpy(stores["embeddings"].load(case_id))
+                embeddings.append(cached if cached.ndim == 4 else cached[None])
+            else:
+                embeddings.append(None)
+                to_embed.extend(case_slices)
+        fresh = (
+            torch.cat([teacher.embed(to_embed[i : i + batch_size]).cpu() for i in range(0, len(to_embed), batch_size)])
+            if to_embed
+            else None
+        )
+        offset = 0
+        for (case_id, _, need_emb, need_pri), image, case_slices, emb in zip(
+            chunk, images, slices, embeddings, strict=True
+        ):
+            if emb is None:
+                emb = fresh[offset : offset + len(case_slices)]
+                offset += len(case_slices)
+            priors = np.stack(
+                [
+                    prior_maps(everything_masks(teacher, s, emb[k : k + 1], cfg), s.shape[-2:])
+                    for k, s in enumerate(case_slices)
+                ]
+            )
+            volume = image.ndim == 4
+            emb_np = emb.numpy()
+            yield case_id, need_emb, need_pri, (emb_np if volume else emb_np[0]), (priors if volume else priors[0])
+
+
+def open_prior_store(cfg: RunConfig, case_ids: Sequence[str]) -> CacheStore:
+    """The priors store for training/evaluation with ``priors.enabled``: refuses a missing or stale cache, or one
+    that lacks some of ``case_ids``, naming the command that makes it."""
+    store = CacheStore(cache_root(cfg), "priors")
+    command = f"python tools/precompute.py --config <this run's config> (cache: {store.dir})"
+    store.check(expected_manifest(cfg, "priors", identity_from_config(cfg)), command)
+    missing = store.missing(list(case_ids))
+    if missing:
+        from semisam.teacher.cache import CacheError
+
+        raise CacheError(
+            f"{store.dir} lacks prior maps for {len(missing)} of {len(case_ids)} cases (e.g. {missing[:3]}); "
+            f"complete it with: {command}"
+        )
+    return store

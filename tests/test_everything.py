@@ -1,0 +1,285 @@
+"""The teacher's everything mode: the box grid (fake decoder) and segment-anything's generator (tiny random SAM)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from semisam.config.schema import EverythingConfig
+from semisam.teacher.everything import box_grid, everything_amg, everything_box_grid
+from semisam.teacher.priors import MaskRecord, prior_maps
+
+# ----------------------------------------------------------------------------------------------------------------
+# Box grid layout
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _starts(boxes: torch.Tensor, axis: int) -> list[float]:
+    return sorted(set(boxes[:, axis].tolist()))
+
+
+def test_box_grid_layout_on_a_wide_image():
+    height, width = 64, 96
+    boxes = box_grid((height, width), [0.5, 0.25], overlap=0.5)
+    assert boxes.dtype == torch.float32 and boxes.shape == (6 + 35, 4)
+    big, small = boxes[:6], boxes[6:]
+    # scale 0.5: side 48 of max(H, W) = 96; stride <= 24; 3 columns (0, 24, 48) x 2 rows (0, 16)
+    assert torch.all(big[:, 2] - big[:, 0] == 48) and torch.all(big[:, 3] - big[:, 1] == 48)
+    assert _starts(big, 0) == [0, 24, 48] and _starts(big, 1) == [0, 16]
+    # scale 0.25: side 24, stride <= 12; 7 columns x 5 rows (0, 10, 20, 30, 40)
+    assert torch.all(small[:, 2] - small[:, 0] == 24) and torch.all(small[:, 3] - small[:, 1] == 24)
+    assert _starts(small, 0) == [0, 12, 24, 36, 48, 60, 72] and _starts(small, 1) == [0, 10, 20, 30, 40]
+    # row-major: top row first, left to right
+    assert big[:3, 1].tolist() == [0, 0, 0] and big[:3, 0].tolist() == [0, 24, 48]
+    for group in (big, small):
+        assert group[:, :2].min() >= 0 and group[:, 2].max() == width and group[:, 3].max() == height
+        covered = np.zeros((height, width), dtype=bool)
+        for x0, y0, x1, y1 in group.int().tolist():
+            covered[y0:y1, x0:x1] = True
+        assert covered.all()
+
+
+def test_box_grid_counts_and_clipping():
+    assert len(box_grid((64, 64), [0.5, 0.25, 0.125], 0.5)) == 9 + 49 + 225
+    assert len(box_grid((512, 512), EverythingConfig().box_scales, EverythingConfig().box_overlap)) == 283
+    # no overlap: a plain tiling
+    assert len(box_grid((64, 64), [0.25], 0.0)) == 16
+    # a scale of 1 on a non-square image: one box, the whole image; repeated boxes are kept once
+    assert box_grid((40, 100), [1.0, 1.0], 0.5).tolist() == [[0, 0, 100, 40]]
+    # a side longer than the short axis is clipped to it
+    tall = box_grid((100, 40), [0.5], 0.5)
+    assert torch.all(tall[:, 2] - tall[:, 0] == 40) and _starts(tall, 1) == [0, 25, 50]
+
+
+@pytest.mark.parametrize(("scales", "overlap"), [([], 0.5), ([0.0], 0.5), ([1.5], 0.5), ([0.5], 1.0), ([0.5], -0.1)])
+def test_box_grid_refuses_bad_settings(scales, overlap):
+    with pytest.raises(ValueError):
+        box_grid((64, 64), scales, overlap)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Box-grid everything mode with a fake decoder
+# ----------------------------------------------------------------------------------------------------------------
+
+SIZE = 64
+
+
+def _disc(cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+
+
+def _square() -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[36:58, 34:56] = True
+    return mask
+
+
+# name -> (mask, centre (x, y))
+OBJECTS = {
+    "disc_a": (_disc(16, 16, 7), (16.0, 16.0)),
+    "disc_b": (_disc(46, 18, 5), (46.0, 18.0)),
+    "square": (_square(), (44.5, 46.5)),
+}
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def fake_decode(boxes: torch.Tensor, calls: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A box-prompted "model" on a 64x64 canvas with two discs and a square.
+
+    - no object centre in the box: an empty mask (dropped), predicted IoU 0.95;
+    - one centre, whole object inside the box: that object, confident logits (stability 1), predicted IoU that
+      grows as the box gets tighter (so NMS must keep the highest);
+    - one centre, object cut by the box: the cut object, predicted IoU 0.3 (filtered);
+    - several centres: their union with soft logits (+-0.5: stability 0, filtered), predicted IoU 0.9.
+    """
+    if calls is not None:
+        calls.append(len(boxes))
+    logits = torch.full((len(boxes), SIZE, SIZE), -10.0)
+    iou = torch.full((len(boxes),), 0.95)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        inside = [n for n, (_, (cx, cy)) in OBJECTS.items() if x0 <= cx < x1 and y0 <= cy < y1]
+        if len(inside) == 1:
+            mask = OBJECTS[inside[0]][0]
+            bx0, by0, bx1, by1 = _tight_box(mask)
+            if x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1:
+                logits[i] = torch.from_numpy(np.where(mask, 10.0, -10.0))
+                iou[i] = 0.99 - 0.1 * (x1 - x0) * (y1 - y0) / SIZE**2
+            else:
+                cut = mask & (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+                logits[i] = torch.from_numpy(np.where(cut, 10.0, -10.0))
+                iou[i] = 0.3
+        elif len(inside) > 1:
+            union = np.logical_or.reduce([OBJECTS[n][0] for n in inside])
+            logits[i] = torch.from_numpy(np.where(union, 0.5, -0.5))
+            iou[i] = 0.9
+    return logits, iou
+
+
+def _best_iou(name: str, boxes: torch.Tensor) -> float:
+    """The highest predicted IoU the fake gives a box framing ``name`` alone."""
+    logits, iou = fake_decode(boxes)
+    mask = OBJECTS[name][0]
+    hits = [float(iou[i]) for i in range(len(boxes)) if torch.equal(logits[i] > 0, torch.from_numpy(mask))]
+    return max(hits)
+
+
+CFG = EverythingConfig(
+    pred_iou_thresh=0.5, stability_score_thresh=0.9, box_nms_thresh=0.5, box_scales=[0.5, 0.25, 0.125]
+)
+
+
+def test_box_grid_everything_returns_exactly_the_objects():
+    calls: list[int] = []
+    records = everything_box_grid(partial(fake_decode, calls=calls), (SIZE, SIZE), CFG, chunk_size=64)
+    assert calls == [64, 64, 64, 64, 27]  # 283 boxes, decoded in chunks
+    assert all(isinstance(r, MaskRecord) for r in records)
+    assert len(records) == 3
+    grid = box_grid((SIZE, SIZE), CFG.box_scales, CFG.box_overlap)
+    found = {}
+    for r in records:
+        names = [n for n, (m, _) in OBJECTS.items() if np.array_equal(r.segmentation, m)]
+        assert len(names) == 1
+        found[names[0]] = r
+        mask = OBJECTS[names[0]][0]
+        assert r.segmentation.dtype == bool and r.segmentation.shape == (SIZE, SIZE)
+        assert r.area == int(mask.sum()) and r.stability_score == pytest.approx(1.0)
+        x0, y0, x1, y1 = _tight_box(mask)
+        assert r.bbox == (x0, y0, x1 - 1 - x0, y1 - 1 - y0)  # segment-anything's XYWH of inclusive extents
+        assert r.predicted_iou == pytest.approx(_best_iou(names[0], grid))  # NMS kept the most confident
+    assert set(found) == set(OBJECTS)
+    ious = [r.predicted_iou for r in records]
+    assert ious == sorted(ious, reverse=True)
+
+
+def test_box_grid_everything_chunking_and_area_filter():
+    whole = everything_box_grid(fake_decode, (SIZE, SIZE), CFG, chunk_size=1000)
+    chunked = everything_box_grid(fake_decode, (SIZE, SIZE), CFG, chunk_size=7)
+    assert [r.predicted_iou for r in whole] == [r.predicted_iou for r in chunked]
+    assert all(np.array_equal(a.segmentation, b.segmentation) for a, b in zip(whole, chunked, strict=True))
+    # disc_b (r=5, 81 px) is below 100 px, the others are above
+    cfg = EverythingConfig(**{**CFG.__dict__, "min_mask_region_area": 100})
+    small_dropped = everything_box_grid(fake_decode, (SIZE, SIZE), cfg)
+    assert len(small_dropped) == 2
+    assert not any(np.array_equal(r.segmentation, OBJECTS["disc_b"][0]) for r in small_dropped)
+
+
+def test_box_grid_everything_thresholds():
+    # with no IoU threshold the cut objects (IoU 0.3) come back as well; the soft unions still fail stability
+    loose = everything_box_grid(fake_decode, (SIZE, SIZE), EverythingConfig(**{**CFG.__dict__, "pred_iou_thresh": 0}))
+    assert len(loose) > 3
+    assert all(r.stability_score == pytest.approx(1.0) for r in loose)
+    # everything filtered -> no records
+    strict = EverythingConfig(**{**CFG.__dict__, "pred_iou_thresh": 0.999})
+    assert everything_box_grid(fake_decode, (SIZE, SIZE), strict) == []
+
+
+def test_box_grid_everything_checks_decode_shapes():
+    def bad(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(boxes), SIZE, SIZE // 2), torch.zeros(len(boxes))
+
+    with pytest.raises(ValueError, match="decode returned"):
+        everything_box_grid(bad, (SIZE, SIZE), CFG)
+    with pytest.raises(ValueError, match="chunk_size"):
+        everything_box_grid(fake_decode, (SIZE, SIZE), CFG, chunk_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# segment-anything's automatic mask generator on a tiny random SAM
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=64,
+            patch_size=16,
+            in_chans=3,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            out_chans=256,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=False,
+            window_size=0,
+            global_attn_indexes=(),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=64, num_heads=2),
+            transformer_dim=256,
+            iou_head_depth=1,
+            iou_head_hidden_dim=32,
+        ),
+    )
+    return sam.eval()
+
+
+# thresholds 0 and NMS at IoU 1 (only exact duplicates go): a random SAM's masks all survive, 48 of them to compare
+AMG_CFG = EverythingConfig(
+    points_per_side=4, points_per_batch=5, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+)
+
+
+def _image(height: int = 48, width: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8)
+    image[10:30, 8:40] += 150  # a bright rectangle
+    return image
+
+
+def test_everything_amg_runs_and_cached_features_match(tiny_sam):
+    from segment_anything import SamPredictor
+
+    image = _image()
+    records = everything_amg(tiny_sam, image, AMG_CFG)
+    assert len(records) == 4 * 4 * 3  # 16 points x 3 masks each
+    for r in records:
+        assert isinstance(r, MaskRecord)
+        assert r.segmentation.shape == (48, 64) and r.segmentation.dtype == bool
+        assert r.area == int(r.segmentation.sum()) > 0
+    maps = prior_maps(records, (48, 64))
+    assert maps.shape == (2, 48, 64) and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+
+    predictor = SamPredictor(tiny_sam)
+    predictor.set_image(image)
+    features = predictor.get_image_embedding()
+    assert features.shape == (1, 256, 4, 4)
+
+    encoder_calls = []
+    hook = tiny_sam.image_encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
+    try:
+        cached = everything_amg(tiny_sam, image, AMG_CFG, features=features)
+    finally:
+        hook.remove()
+    assert encoder_calls == []  # the cached embedding was used, the encoder never ran
+    assert len(cached) == len(records)
+    for a, b in zip(records, cached, strict=True):
+        assert np.array_equal(a.segmentation, b.segmentation)
+        for key in ("stability_score", "predicted_iou", "bbox", "area"):
+            assert getattr(a, key) == getattr(b, key)
+
+
+def test_everything_amg_refuses_bad_inputs(tiny_sam):
+    with pytest.raises(ValueError, match="uint8"):
+        everything_amg(tiny_sam, _image().astype(np.float32), AMG_CFG)
+    with pytest.raises(ValueError, match="uint8"):
+        everything_amg(tiny_sam, _image()[..., 0], AMG_CFG)
+    with pytest.raises(ValueError, match="cached features"):
+        everything_amg(tiny_sam, _image(), AMG_CFG, features=torch.zeros(1, 256, 8, 8))
