@@ -48,9 +48,10 @@ def run_main(main) -> None:
     from semisam.data.errors import DataError
     from semisam.engine.checkpoint import CheckpointError
     from semisam.teacher.cache import CacheError
+    from semisam.teacher.checkpoints import TeacherError
 
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, CacheError) as err:
+    except (ConfigError, DataError, CheckpointError, CacheError, TeacherError) as err:
         logging.getLogger("semisam").error("%s: %s", type(err).__name__, err)
         sys.exit(2)

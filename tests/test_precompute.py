@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from semisam.config.loader import load_config
 from semisam.data.readers import build_reader
@@ -102,3 +103,76 @@ def test_training_with_priors_needs_the_cache_then_uses_it(phantom_root, tmp_pat
     assert np.allclose(batch["image"][:, 1:].numpy(), batch["priors"].numpy())
     result = trainer.fit()
     assert result.iterations == 6 and result.best_checkpoint.exists()
+
+
+def test_samaug_alternation_feeds_raw_inputs_on_odd_iterations(phantom_root, tmp_path, tiny_teacher, monkeypatch):
+    cfg = _cfg(phantom_root, tmp_path, "priors.enabled=true", "priors.alternate=true")
+    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], progress=False)
+    trainer = Trainer(cfg, progress=False)
+    raw = next(iter(trainer._loader(trainer.labeled_items, True, 2, 0)))
+    trainer.iteration = 0
+    augmented = trainer._inputs(dict(raw))
+    trainer.iteration = 1
+    plain = trainer._inputs(dict(raw))
+    assert augmented["priors"].abs().sum() > 0
+    assert torch.equal(augmented["image"][:, 1:], augmented["priors"])
+    assert torch.all(plain["image"][:, 1:] == 0) and torch.equal(plain["image"][:, :1], raw["image"])
+
+
+def test_export_png_stacks(phantom_root, tmp_path, tiny_teacher, monkeypatch):
+    from PIL import Image
+
+    from semisam.teacher.export import export_augmented
+
+    cfg = _cfg(phantom_root, tmp_path)
+    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "test"], progress=False)
+    out = export_augmented(cfg, tmp_path / "export", splits=["unlabeled", "test"])
+    split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
+    test_case, unlabeled_case = split.test[0], split.unlabeled[0]
+    for k in range(3):
+        assert Image.open(out / "images" / f"{test_case}_000{k}.png").size == (32, 32)
+    seg = np.asarray(Image.open(out / "images" / f"{test_case}_0001.png"), dtype=np.float32) / 255
+    cached = np.load(cache_root(cfg) / "priors" / f"{test_case}.npy").astype(np.float32)[0]
+    assert np.abs(seg - cached).max() <= 1 / 255 + 1e-3
+    assert (out / "labels" / f"{test_case}.png").exists()
+    assert not (out / "labels" / f"{unlabeled_case}.png").exists()  # unlabeled cases never export a label
+
+
+def test_export_nnunet_adds_prior_channels(tmp_path, tiny_teacher, monkeypatch):
+    import nibabel as nib
+
+    from semisam.data.phantom import make_phantom, phantom_data_config
+    from semisam.teacher.export import export_augmented
+
+    root = make_phantom(tmp_path / "nn", num_cases=8, size=32, seed=0, layout="nnunet", num_val=2, num_test=2)
+    data = phantom_data_config(root, "nnunet")
+    overrides = [f"data.{k}={v}" for k, v in _flatten(data).items()]
+    cfg = load_config(
+        REPO / "configs/demo.yaml",
+        [*overrides, "data.split.labeled_count=null", "data.image_size=[32,32]", f"teacher.cache_dir={tmp_path / 'cache'}",
+         "teacher.everything.points_per_side=4", "teacher.everything.pred_iou_thresh=0.0",
+         "teacher.everything.stability_score_thresh=0.0", "device=cpu"],
+    )
+    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["val"], progress=False)
+    split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
+    out = export_augmented(cfg, tmp_path / "nn_export", splits=["val"])
+    case = split.val[0]
+    original = nib.load(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
+    seg = nib.load(str(out / "imagesTr" / f"{case}_0001.nii.gz"))
+    assert seg.shape == original.shape and np.allclose(seg.affine, original.affine)
+    assert (out / "imagesTr" / f"{case}_0002.nii.gz").exists() and (out / "labelsTr" / f"{case}.nii.gz").exists()
+    channels = json.loads((out / "dataset.json").read_text())["channel_names"]
+    assert len(channels) == 3 and channels["1"] == "SAM segmentation prior"
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out

@@ -44,13 +44,16 @@ def cache_root(cfg: RunConfig) -> Path:
     return Path(cfg.teacher.cache_dir).expanduser() / cfg.data.name / cfg.teacher.kind
 
 
-def teacher_identity(kind: str, checkpoint_sha256: str | None, preprocessing: str, encoder_size: int) -> dict:
-    """The fields that name a teacher in a manifest."""
+def teacher_identity(
+    kind: str, checkpoint_sha256: str | None, preprocessing: str, encoder_size: int, engine_version: int = 1
+) -> dict:
+    """The fields that name a teacher in a manifest (the engine version changes when its numerics do)."""
     return {
         "kind": kind,
         "checkpoint_sha256": checkpoint_sha256,
         "preprocessing": preprocessing,
         "encoder_size": encoder_size,
+        "engine_version": engine_version,
     }
 
 

@@ -53,18 +53,21 @@ class PrecomputeReport:
 
 def identity_of(teacher) -> dict:
     """Manifest identity of a built :class:`~semisam.teacher.engine.SamTeacher`."""
+    from semisam.teacher.engine import TEACHER_VERSION
+
     spec = teacher.spec
-    return teacher_identity(spec.kind, teacher.checkpoint_sha256, spec.preprocessing, spec.encoder_size)
+    return teacher_identity(spec.kind, teacher.checkpoint_sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION)
 
 
 def identity_from_config(cfg: RunConfig) -> dict:
     """Manifest identity of the configured teacher without building it (hashes the checkpoint file only)."""
     from semisam.teacher.checkpoints import resolve_checkpoint
-    from semisam.teacher.models import SPECS
+    from semisam.teacher.engine import TEACHER_VERSION
+    from semisam.teacher.models import get_spec
 
-    spec = SPECS[cfg.teacher.kind]
+    spec = get_spec(cfg.teacher.kind)
     _, sha256 = resolve_checkpoint(cfg.teacher)
-    return teacher_identity(spec.kind, sha256, spec.preprocessing, spec.encoder_size)
+    return teacher_identity(spec.kind, sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION)
 
 
 def precompute_command(cfg_paths: Sequence[str] = ("<your config>",)) -> str:
