@@ -17,13 +17,16 @@ MODALITIES = ("mr", "ct", "rgb", "none")
 STUDENT_ARCHS = ("basic_unet", "timm_unet")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("poly", "cosine", "constant")
-METHODS = ("supervised", "mean_teacher")
+METHODS = ("supervised", "mean_teacher", "semisam")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 INFERENCE_MODES = ("resize", "sliding_window")
 EVAL_METRICS = ("dice", "iou", "hd95", "asd")
 TEACHER_KINDS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
 TEACHER_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRIOR_FUSIONS = ("concat", "add", "none")
+COMPONENT_RULES = ("largest", "all")
+UNCERTAINTY_KINDS = ("entropy", "variance")
+TRUST_MODES = ("calibrate", "all", "none")
 
 
 @dataclass
@@ -216,6 +219,43 @@ class PriorsConfig:
 
 
 @dataclass
+class PseudoLabelConfig:
+    """Uncertainty-rectified auto-prompt pseudo-labels from the frozen teacher (method ``semisam``).
+
+    Prompts come from the EMA model's probabilities, never from labels: per foreground class, the largest
+    connected component of its argmax region (or every component of at least ``min_area`` pixels), a box around
+    it grown by ``box_margin`` of its side, and for point-capable teachers a positive point at the component's
+    distance-transform maximum (plus ``negative_points`` background points). Each prompt is perturbed
+    ``perturbations`` times (box corners moved by up to ``jitter`` of the box side, points resampled inside the
+    component); the teacher decodes all of them, and the spread of its answers is the uncertainty.
+    Rectification: pixels whose uncertainty is at most ``uncertainty_threshold`` take the teacher's label;
+    the others take the model's label where its confidence is at least ``model_confidence``, and are ignored
+    (weight 0) otherwise. ``trust``: ``calibrate`` compares, per class, the rectified teacher output and the
+    model against the labels of ``calibration_images`` labeled images (prompts still from the model) and takes
+    a class from the model where the teacher is not better by ``trust_margin``; ``all`` / ``none`` trust the
+    teacher for every / no class.
+    """
+
+    enabled: bool = True
+    components: str = "largest"
+    min_area: int = 16  # pixels
+    box_margin: float = 0.05
+    negative_points: int = 0
+    perturbations: int = 8
+    jitter: float = 0.1
+    uncertainty: str = "entropy"
+    uncertainty_threshold: float = 0.5
+    model_confidence: float = 0.9
+    trust: str = "calibrate"
+    trust_margin: float = 0.0
+    calibration_images: int = 32
+    warmup: float = 0.2  # fraction of the run before the first refresh
+    refresh_every: int = 1000  # iterations between refreshes of the pseudo-label bank
+    weight: float = 1.0  # final weight of the pseudo-label loss
+    rampup: float = 0.2  # fraction of the run (after warm-up) over which that weight ramps up
+
+
+@dataclass
 class RunConfig:
     """A whole run. ``output_dir`` receives config.yaml, checkpoints/, TensorBoard events, metrics.csv."""
 
@@ -230,6 +270,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
 class ConfigError(ValueError):
@@ -312,6 +353,19 @@ def validate_config(cfg: RunConfig) -> None:
     _choice("priors.fusion", cfg.priors.fusion, PRIOR_FUSIONS)
     if cfg.priors.enabled and cfg.priors.fusion == "add" and d.in_channels not in (1, 3):
         raise ConfigError(f"priors.fusion=add needs a 1- or 3-channel image, data.in_channels={d.in_channels}")
+
+    pl = cfg.pseudo_labels
+    _choice("pseudo_labels.components", pl.components, COMPONENT_RULES)
+    _choice("pseudo_labels.uncertainty", pl.uncertainty, UNCERTAINTY_KINDS)
+    _choice("pseudo_labels.trust", pl.trust, TRUST_MODES)
+    for key in ("box_margin", "jitter", "uncertainty_threshold", "model_confidence", "warmup", "rampup"):
+        value = getattr(pl, key)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"pseudo_labels.{key}={value} must be in [0, 1]")
+    _positive("pseudo_labels.perturbations", pl.perturbations, allow_zero=True)
+    _positive("pseudo_labels.refresh_every", pl.refresh_every)
+    if m.name == "semisam" and not (pl.enabled or cfg.priors.enabled):
+        raise ConfigError("method.name=semisam needs pseudo_labels.enabled and/or priors.enabled")
 
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)

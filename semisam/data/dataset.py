@@ -31,6 +31,12 @@ from semisam.data.transforms import (
 Item = tuple[str, int]
 
 
+class PseudoLabelSource(Protocol):
+    """A pseudo-label bank: ``entries[index]`` has ``label`` (H, W), ``weight`` (H, W), ``uncertainty`` (H, W)."""
+
+    entries: dict
+
+
 class PriorSource(Protocol):
     """Where prior maps come from (the teacher cache's priors store)."""
 
@@ -98,6 +104,8 @@ class SliceDataset(Dataset):
     - ``image``: float32 tensor (C, H, W), normalised and resized to ``cfg.image_size``, augmented if ``train``;
     - ``label``: int64 tensor (H, W) — only when ``labeled``; an unlabeled dataset never reads a label;
     - ``priors``: float32 tensor (2, H, W), SAMAug prior maps moved with the image — only when ``priors`` is given;
+    - ``pseudo_label`` int64 (H, W), ``weight`` float32 (H, W), ``uncertainty`` float32 (H, W): the item's entry of
+      the pseudo-label bank moved with the image (weight 0 everywhere while it has none) — only with a ``bank``;
     - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).
 
     ``strong`` adds photometric augmentation of the image channels (after the joint spatial transform).
@@ -112,6 +120,7 @@ class SliceDataset(Dataset):
         train: bool = True,
         strong: bool = False,
         priors: PriorSource | None = None,
+        bank: PseudoLabelSource | None = None,
     ) -> None:
         if not items:
             raise ValueError(f"{'labeled' if labeled else 'unlabeled'} dataset of {cfg.name!r} has no items")
@@ -120,6 +129,7 @@ class SliceDataset(Dataset):
         self.labeled = labeled
         self.loader = CaseLoader(reader, cfg, priors)
         self.with_priors = priors is not None
+        self.bank = bank  # replaced by the trainer at each refresh (loaders are re-created after it)
         self.spatial = build_spatial_transform(cfg, train)
         self.photometric = build_photometric_transform(cfg.augmentation) if strong else None
 
@@ -135,6 +145,17 @@ class SliceDataset(Dataset):
         discrete = {}
         if self.labeled:
             discrete["label"] = self.loader.label_slice(case_id, slice_index).astype(np.int64)
+        if self.bank is not None:
+            entry = self.bank.entries.get(index)
+            shape = continuous["image"].shape[-2:]
+            if entry is None:
+                discrete["pseudo_label"] = np.zeros(shape, np.int64)
+                discrete["weight"] = np.zeros(shape, np.float32)
+                discrete["uncertainty"] = np.zeros(shape, np.float32)
+            else:
+                discrete["pseudo_label"] = entry.label.astype(np.int64)
+                discrete["weight"] = entry.weight.astype(np.float32)
+                discrete["uncertainty"] = entry.uncertainty.astype(np.float32)
         cont, disc = apply_joint(self.spatial, continuous, discrete, seed)
         image = cont["image"]
         if self.photometric is not None:
@@ -147,6 +168,9 @@ class SliceDataset(Dataset):
         }
         if self.labeled:
             sample["label"] = torch.from_numpy(disc["label"].astype(np.int64))
+        if self.bank is not None:
+            for key in ("pseudo_label", "weight", "uncertainty"):
+                sample[key] = torch.from_numpy(np.ascontiguousarray(disc[key]))
         if self.with_priors:
             sample["priors"] = torch.from_numpy(np.ascontiguousarray(cont["priors"], dtype=np.float32))
         return sample

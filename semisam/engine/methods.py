@@ -7,6 +7,11 @@ Each method turns batches into a loss; the :class:`~semisam.engine.trainer.Train
 - ``mean_teacher`` (Tarvainen & Valpola 2017, as in SSL4MIS): supervised loss + w(t) * MSE between the
   student's softmax on unlabeled images and the EMA model's softmax on the same images with Gaussian noise,
   ``w(t) = consistency_weight * exp(-5 (1 - t)^2)`` over the first ``consistency_rampup`` of the run.
+- ``semisam``: the mean-teacher loss (its consistency term off when ``consistency_weight`` is 0) + v(t) * a
+  weighted Dice + CE towards the teacher's rectified pseudo-labels on unlabeled images, each pixel counted by
+  its weight (0 where the rectification ignores it); v(t) ramps from 0 at the end of ``pseudo_labels.warmup``
+  to ``pseudo_labels.weight`` over ``pseudo_labels.rampup`` of the run. SAMAug priors, when enabled, are already
+  in the input.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ import torch
 
 from semisam.config.schema import RunConfig
 from semisam.engine.ema import StudentEMA
-from semisam.engine.losses import SupervisedLoss, consistency_loss
-from semisam.engine.ramps import consistency_weight
+from semisam.engine.losses import SupervisedLoss, WeightedDiceCELoss, consistency_loss
+from semisam.engine.ramps import consistency_weight, sigmoid_rampup
 
 
 @dataclass
@@ -96,10 +101,48 @@ class MeanTeacher(Method):
             "unlabeled_image": unlabeled["image"],
             "unlabeled_pred": logits_u.argmax(1),
         }
+        for key in ("pseudo_label", "weight", "uncertainty"):
+            if key in unlabeled:
+                preview[f"unlabeled_{key}"] = unlabeled[key]
         return StepOutput(loss, logs, _detach(preview))
 
+    def unlabeled_terms(
+        self, logits_u: torch.Tensor, unlabeled: dict, iteration: int, loss: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Further unlabeled losses of subclasses; none for the mean teacher."""
+        return loss, {}
 
-METHODS: dict[str, type[Method]] = {"supervised": Method, "mean_teacher": MeanTeacher}
+
+class SemiSAM(MeanTeacher):
+    """The mean teacher plus the loss towards the frozen teacher's rectified pseudo-labels."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__(cfg)
+        m = cfg.method
+        self.pseudo_label_loss = WeightedDiceCELoss(cfg.data.num_classes, m.dice_weight, m.ce_weight)
+
+    def pseudo_label_weight(self, iteration: int) -> float:
+        """v(t): 0 during the warm-up, then the ramp to ``pseudo_labels.weight``."""
+        pl, total = self.cfg.pseudo_labels, self.cfg.schedule.iterations
+        start = pl.warmup * total
+        if iteration < start:
+            return 0.0
+        return pl.weight * sigmoid_rampup(iteration - start, pl.rampup * total)
+
+    def unlabeled_terms(self, logits_u, unlabeled, iteration, loss):
+        if "weight" not in unlabeled:  # pseudo-labels switched off (priors-only ablation)
+            return loss, {}
+        pl_loss = self.pseudo_label_loss(logits_u, unlabeled["pseudo_label"], unlabeled["weight"])
+        weight = self.pseudo_label_weight(iteration)
+        logs = {
+            "loss/pseudo_label": float(pl_loss.detach()),
+            "weight/pseudo_label": weight,
+            "pseudo/batch_fraction_kept": float(unlabeled["weight"].float().mean()),
+        }
+        return loss + weight * pl_loss, logs
+
+
+METHODS: dict[str, type[Method]] = {"supervised": Method, "mean_teacher": MeanTeacher, "semisam": SemiSAM}
 
 
 def build_method(cfg: RunConfig) -> Method:

@@ -64,7 +64,8 @@ class TrainResult:
 class Trainer:
     """Trains a student as configured. ``Trainer(cfg).fit()``."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, progress: bool = True, teacher=None) -> None:
+        """``teacher``: an already built teacher for the pseudo-labels (default: built from ``cfg.teacher``)."""
         self.cfg = cfg
         self.progress = progress
         self.run_dir = Path(cfg.output_dir)
@@ -86,6 +87,14 @@ class Trainer:
             from semisam.teacher.precompute import open_prior_store  # the teacher stack only when it is used
 
             self.priors = open_prior_store(cfg, [*self.split.labeled, *self.split.unlabeled, *self.split.val])
+        self.refresher = None
+        if cfg.method.name == "semisam" and cfg.pseudo_labels.enabled:
+            from semisam.engine.refresh import PseudoLabelRefresher
+
+            self.refresher = PseudoLabelRefresher(
+                cfg, self.reader, self.labeled_items, self.unlabeled_items, self.priors, self.device, self.run_dir,
+                teacher,
+            )
         self.in_channels = student_in_channels(cfg)
         self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
@@ -153,7 +162,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
-        dataset = SliceDataset(self.reader, items, self.cfg.data, labeled=labeled, train=True, priors=self.priors)
+        bank = self.refresher.bank if (self.refresher is not None and not labeled) else None
+        dataset = SliceDataset(
+            self.reader, items, self.cfg.data, labeled=labeled, train=True, priors=self.priors, bank=bank
+        )
         sampler = IterationBatchSampler(
             len(dataset),
             batch_size,
@@ -169,6 +181,8 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
+            # workers' base seed from a private generator: creating an iterator never moves the global RNG
+            generator=torch.Generator().manual_seed(self.cfg.seed + 7919 * (seed_offset + 1)),
         )
 
     # ------------------------------------------------------------------ loop
@@ -196,6 +210,8 @@ class Trainer:
             f" ({self.amp_dtype})" if self.amp_dtype else "",
         )
         log = RunLogger(self.run_dir, self.iteration)
+        if self.refresher is not None:
+            self.refresher.resume(self.iteration)
         # The samplers end at the last iteration, so each loader is iterated exactly once.
         labeled_batches = iter(self._loader(self.labeled_items, True, sc.batch_size, 0))
         unlabeled_batches = (
@@ -217,6 +233,12 @@ class Trainer:
         try:
             end = sc.iterations if stop_at is None else min(stop_at, sc.iterations)
             while self.iteration < end:
+                if self.refresher is not None and self.refresher.is_due(self.iteration):
+                    if self.refresher.bank.iteration != self.iteration:  # not already done before a restart
+                        self.refresher.refresh(self.ema.module, self.iteration, log)
+                    unlabeled_batches = iter(  # workers must see the new bank
+                        self._loader(self.unlabeled_items, False, sc.unlabeled_batch_size, 1)
+                    )
                 batch_l = self._inputs(next(labeled_batches))
                 batch_u = self._inputs(next(unlabeled_batches)) if unlabeled_batches else None
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -328,11 +350,17 @@ class Trainer:
             )
             log.image_grid(f"train/labeled ({tag})", iteration, rows)
         if "unlabeled_image" in preview:
-            log.image_grid(
-                "train/unlabeled (image | prediction)",
-                iteration,
-                [to_rgb(preview["unlabeled_image"]), colorize(preview["unlabeled_pred"])],
-            )
+            rows, names = [to_rgb(preview["unlabeled_image"])], ["image"]
+            if "unlabeled_pseudo_label" in preview:
+                rows += [
+                    colorize(preview["unlabeled_pseudo_label"]),
+                    preview["unlabeled_uncertainty"][:, None].float().clamp(0, 1).expand(-1, 3, -1, -1),
+                    preview["unlabeled_weight"][:, None].float().expand(-1, 3, -1, -1),
+                ]
+                names += ["pseudo-label", "uncertainty", "kept"]
+            rows.append(colorize(preview["unlabeled_pred"]))
+            names.append("prediction")
+            log.image_grid(f"train/unlabeled ({' | '.join(names)})", iteration, rows)
 
 
 def _flat_keys(node, prefix: str = "") -> list[str]:

@@ -1,0 +1,159 @@
+"""The pseudo-label bank's life in a run: when it is refreshed, how, and how it survives a restart.
+
+After the warm-up (``pseudo_labels.warmup`` of the run), every ``pseudo_labels.refresh_every`` iterations, the
+EMA model labels every unlabeled item through the frozen teacher (:mod:`semisam.teacher.pseudo_labels`), after
+a trust calibration on labeled items when ``pseudo_labels.trust=calibrate``. Each bank is saved as
+``<run>/pseudo_labels/bank_<iteration>.npz`` (atomically; the last two are kept), so a run resumed at iteration
+t trains on the bank of the last refresh at or before t, exactly as the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semisam.config.schema import RunConfig
+from semisam.data.dataset import CaseLoader, Item
+from semisam.data.readers import CaseReader
+from semisam.engine.run_logger import RunLogger, colorize, to_rgb
+from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest
+from semisam.teacher.pseudo_labels import BankEntry, PseudoLabelBank, PseudoLabeler
+
+logger = logging.getLogger("semisam")
+
+KEEP_BANKS = 2
+
+
+class PseudoLabelRefresher:
+    """Owns the teacher, the embedding cache, the labeler and the bank of one run."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        reader: CaseReader,
+        labeled_items: list[Item],
+        unlabeled_items: list[Item],
+        priors: CacheStore | None,
+        device: torch.device,
+        run_dir: Path,
+        teacher=None,
+    ) -> None:
+        from semisam.teacher.engine import build_teacher
+        from semisam.teacher.precompute import identity_of
+
+        self.cfg = cfg
+        self.reader = reader
+        self.unlabeled_items = unlabeled_items
+        self.calibration_items = labeled_items[: cfg.pseudo_labels.calibration_images]
+        self.bank_dir = run_dir / "pseudo_labels"
+        self.teacher = teacher or build_teacher(cfg.teacher)
+        embeddings = CacheStore(cache_root(cfg), "embeddings")
+        command = "python tools/precompute.py --config <this run's config>"
+        embeddings.check(expected_manifest(cfg, "embeddings", identity_of(self.teacher)), command)
+        cases = sorted({c for c, _ in unlabeled_items} | {c for c, _ in self.calibration_items})
+        missing = embeddings.missing(cases)
+        if missing:
+            raise CacheError(
+                f"{embeddings.dir} lacks embeddings of {len(missing)} training cases (e.g. {missing[:3]}); "
+                f"the pseudo-labels decode prompts on them. Make them with: {command}"
+            )
+        self.labeler = PseudoLabeler(cfg, self.teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device)
+        self.bank = PseudoLabelBank()
+        self.trusted = self._initial_trust()
+        self.seconds = 0.0  # spent in refreshes during this process
+
+    def _initial_trust(self) -> dict[int, bool]:
+        mode = self.cfg.pseudo_labels.trust
+        return dict.fromkeys(range(1, self.cfg.data.num_classes), mode != "none")
+
+    # ---------------------------------------------------------------- schedule
+    @property
+    def first_refresh(self) -> int:
+        return int(self.cfg.pseudo_labels.warmup * self.cfg.schedule.iterations)
+
+    def is_due(self, iteration: int) -> bool:
+        """A refresh happens before the step of ``iteration``."""
+        start = self.first_refresh
+        return iteration >= start and (iteration - start) % self.cfg.pseudo_labels.refresh_every == 0
+
+    # ---------------------------------------------------------------- persistence
+    def _bank_path(self, iteration: int) -> Path:
+        return self.bank_dir / f"bank_{iteration:08d}.npz"
+
+    def resume(self, iteration: int) -> None:
+        """Load the bank of the last refresh at or before ``iteration`` (none before the first refresh)."""
+        candidates = sorted(self.bank_dir.glob("bank_*.npz")) if self.bank_dir.exists() else []
+        usable = [p for p in candidates if int(p.stem.split("_")[1]) <= iteration]
+        stale = [p for p in candidates if int(p.stem.split("_")[1]) > iteration]
+        for path in stale:  # written after the checkpoint we resume from: that refresh will run again
+            path.unlink()
+        if usable:
+            self.bank = PseudoLabelBank.load(usable[-1])
+            self.trusted = dict(self.bank.trusted) or self.trusted
+            logger.info("pseudo-label bank of iteration %d restored (%d items)", self.bank.iteration, len(self.bank.entries))
+
+    # ---------------------------------------------------------------- refresh
+    def refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger) -> PseudoLabelBank:
+        """Calibrate trust (if configured) and relabel every unlabeled item with ``model`` (the EMA model)."""
+        tic = time.perf_counter()
+        seed = self.cfg.seed * 1_000_003 + iteration
+        scalars: dict[str, float] = {}
+        if self.cfg.pseudo_labels.trust == "calibrate" and self.calibration_items:
+            labels = [self._label(case_id, k) for case_id, k in self.calibration_items]
+            self.trusted, scalars = self.labeler.calibrate(model, self.calibration_items, labels, seed)
+        results, stats = self.labeler.label(model, self.unlabeled_items, self.trusted, seed + 1)
+        bank = PseudoLabelBank(iteration=iteration, trusted=dict(self.trusted))
+        bank.entries = {i: BankEntry.from_rectified(r.rectified) for i, r in enumerate(results)}
+        bank.save(self._bank_path(iteration))
+        for old in sorted(self.bank_dir.glob("bank_*.npz"))[:-KEEP_BANKS]:
+            old.unlink()
+        self.bank = bank
+        elapsed = time.perf_counter() - tic
+        self.seconds += elapsed
+        scalars.update(stats.scalars())
+        scalars["time/refresh_s"] = elapsed
+        log.scalars(iteration, scalars)
+        self._log_grid(log, iteration, results[:4])
+        logger.info(
+            "iteration %d: pseudo-labels refreshed for %d images in %.1f s (%.0f%% teacher, %.0f%% model, %.0f%% ignored)",
+            iteration,
+            len(results),
+            elapsed,
+            100 * scalars["pseudo/fraction_teacher"],
+            100 * scalars["pseudo/fraction_model"],
+            100 * scalars["pseudo/fraction_ignored"],
+        )
+        return bank
+
+    def _label(self, case_id: str, slice_index: int) -> np.ndarray:
+        label = self.reader.read_label(case_id)  # labeled calibration items only
+        return label if slice_index < 0 else label[slice_index]
+
+    def _log_grid(self, log: RunLogger, iteration: int, results) -> None:
+        """image | pseudo-label | uncertainty | weight | model prediction, at a common display size."""
+        if not results:
+            return
+        loader = self.labeler.loader
+        items = self.unlabeled_items[: len(results)]
+        size = tuple(self.cfg.data.image_size)
+
+        def resize(x: torch.Tensor, nearest: bool) -> torch.Tensor:
+            return torch.nn.functional.interpolate(x.float(), size, mode="nearest" if nearest else "bilinear")
+
+        images = torch.cat([resize(torch.from_numpy(loader.image_slice(c, k))[None], False) for c, k in items])
+        labels = torch.cat([resize(torch.from_numpy(r.rectified.label)[None, None], True) for r in results])
+        unc = torch.cat([resize(torch.from_numpy(r.rectified.uncertainty)[None, None], False) for r in results])
+        weight = torch.cat([resize(torch.from_numpy(r.rectified.weight)[None, None], True) for r in results])
+        preds = torch.cat([resize(torch.from_numpy(r.model_probs.argmax(0))[None, None], True) for r in results])
+        rows = [
+            to_rgb(images),
+            colorize(labels[:, 0].long()),
+            unc.clamp(0, 1).expand(-1, 3, -1, -1),
+            weight.expand(-1, 3, -1, -1),
+            colorize(preds[:, 0].long()),
+        ]
+        log.image_grid("pseudo/unlabeled (image | pseudo-label | uncertainty | kept | EMA prediction)", iteration, rows)

@@ -1,0 +1,361 @@
+"""Auto-prompt pseudo-labels from the frozen teacher, rectified by its own uncertainty: the pipeline and its bank.
+
+One refresh, for a set of 2D items (slices) of unlabeled images:
+
+1. the EMA model predicts class probabilities on the un-augmented image (at its original size);
+2. :func:`~semisam.teacher.prompts.prompts_from_probabilities` turns them into one prompt set per foreground
+   class the teacher is trusted with — from the model's probabilities only: this pipeline never receives a
+   label, and unlabeled items are read through a path that never opens one;
+3. each prompt and its ``perturbations`` jittered copies are decoded by the teacher on the cached image
+   embeddings, all prompts of a batch of images in batched decoder calls;
+4. per class, the mean of the K+1 sigmoid maps and its uncertainty (:mod:`semisam.teacher.rectify`); several
+   components of one class combine by pixel-wise maximum of their means (the uncertainty of the component
+   that gives the maximum);
+5. classes the teacher is not trusted with contribute the model's own probabilities instead;
+6. the classes fuse into one label map, and :func:`~semisam.teacher.rectify.rectify` keeps what the teacher is
+   sure of, takes the model's label where the teacher is unsure but the model is confident, and ignores the rest.
+
+The same pipeline on labeled images (prompts still from the model) calibrates per-class trust against their
+labels (:meth:`PseudoLabeler.calibrate`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semisam.config.schema import RunConfig
+from semisam.data.dataset import CaseLoader, Item
+from semisam.data.fusion import fuse_priors
+from semisam.evaluation.inference import predict_probabilities
+from semisam.teacher.cache import CacheStore
+from semisam.teacher.prompts import ClassPrompt, perturb_prompts, prompts_from_probabilities
+from semisam.teacher.rectify import (
+    ClassEvidence,
+    Rectified,
+    dice_per_class,
+    evidence_from_model,
+    fuse_classes,
+    mean_and_uncertainty,
+    rectify,
+    trusted_classes,
+)
+from semisam.utils import atomic_write_bytes
+
+logger = logging.getLogger("semisam")
+
+
+@dataclass
+class BankEntry:
+    """The pseudo-label of one item at its original size: ``label`` uint8 (H, W), ``weight`` float16 (H, W) in
+    {0, 1}, ``uncertainty`` float16 (H, W) in [0, 1], ``source`` uint8 (H, W) (0 ignored, 1 teacher, 2 model)."""
+
+    label: np.ndarray
+    weight: np.ndarray
+    uncertainty: np.ndarray
+    source: np.ndarray
+
+    @classmethod
+    def from_rectified(cls, r: Rectified) -> BankEntry:
+        return cls(
+            r.label.astype(np.uint8),
+            r.weight.astype(np.float16),
+            r.uncertainty.astype(np.float16),
+            r.source.astype(np.uint8),
+        )
+
+
+@dataclass
+class PseudoLabelBank:
+    """Pseudo-labels of the unlabeled items, keyed by item index, as of ``iteration``; saved atomically so that a
+    resumed run trains on the same bank."""
+
+    iteration: int = -1
+    entries: dict[int, BankEntry] = field(default_factory=dict)
+    trusted: dict[int, bool] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "iteration": np.array(self.iteration),
+            "trusted_classes": np.array(sorted(self.trusted), dtype=np.int64),
+            "trusted_flags": np.array([self.trusted[k] for k in sorted(self.trusted)], dtype=bool),
+        }
+        for index, e in self.entries.items():
+            arrays[f"label_{index}"] = e.label
+            arrays[f"weight_{index}"] = e.weight
+            arrays[f"uncertainty_{index}"] = e.uncertainty
+            arrays[f"source_{index}"] = e.source
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> PseudoLabelBank:
+        with np.load(path, allow_pickle=False) as data:
+            bank = cls(iteration=int(data["iteration"]))
+            bank.trusted = {
+                int(k): bool(v) for k, v in zip(data["trusted_classes"], data["trusted_flags"], strict=True)
+            }
+            for key in data.files:
+                if key.startswith("label_"):
+                    i = int(key.split("_", 1)[1])
+                    bank.entries[i] = BankEntry(
+                        data[f"label_{i}"], data[f"weight_{i}"], data[f"uncertainty_{i}"], data[f"source_{i}"]
+                    )
+        return bank
+
+
+@dataclass
+class PseudoLabelResult:
+    """One item's outcome: the rectified pseudo-label, the teacher's fused label before rectification, and the
+    model's probabilities (K, H, W) the prompts came from."""
+
+    rectified: Rectified
+    teacher_label: np.ndarray
+    model_probs: np.ndarray
+
+
+@dataclass
+class RefreshStats:
+    """Fractions of pixels by source, and the mean uncertainty, over one refresh."""
+
+    images: int = 0
+    pixels: int = 0
+    ignored: int = 0
+    teacher: int = 0
+    model: int = 0
+    uncertainty_sum: float = 0.0
+    prompts: int = 0
+
+    def add(self, r: Rectified, prompts: int) -> None:
+        self.images += 1
+        self.pixels += r.source.size
+        self.ignored += int((r.source == 0).sum())
+        self.teacher += int((r.source == 1).sum())
+        self.model += int((r.source == 2).sum())
+        self.uncertainty_sum += float(r.uncertainty.sum())
+        self.prompts += prompts
+
+    def scalars(self) -> dict[str, float]:
+        n = max(1, self.pixels)
+        return {
+            "pseudo/fraction_ignored": self.ignored / n,
+            "pseudo/fraction_teacher": self.teacher / n,
+            "pseudo/fraction_model": self.model / n,
+            "pseudo/mean_uncertainty": self.uncertainty_sum / n,
+            "pseudo/prompts_per_image": self.prompts / max(1, self.images),
+        }
+
+
+class PseudoLabeler:
+    """Runs the pipeline above for items of one data set, on a built teacher and the embedding cache."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        teacher,
+        loader: CaseLoader,
+        embeddings: CacheStore,
+        priors: CacheStore | None,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.teacher = teacher
+        self.loader = loader
+        self.embeddings = embeddings
+        self.priors = priors
+        self.device = device
+        self.seed = seed
+        self._embedding_case: str | None = None
+        self._embedding_array = np.empty(0, np.float32)
+
+    # ---------------------------------------------------------------- inputs
+    def _embedding(self, case_id: str, slice_index: int) -> torch.Tensor:
+        if case_id != self._embedding_case:
+            self._embedding_case, self._embedding_array = case_id, self.embeddings.load(case_id)
+        array = self._embedding_array if slice_index < 0 else self._embedding_array[slice_index]
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    @torch.no_grad()
+    def model_probabilities(self, model: torch.nn.Module, items: Sequence[Item]) -> list[np.ndarray]:
+        """The model's softmax (K, H, W) on each item's un-augmented image, at the image's own size."""
+        out = []
+        for case_id, slice_index in items:
+            image = torch.from_numpy(self.loader.image_slice(case_id, slice_index)[None]).to(self.device)
+            if self.priors is not None:
+                prior = self.loader.priors_slice(case_id, slice_index)[None]
+                image = fuse_priors(image, torch.from_numpy(prior).to(self.device), self.cfg.priors.fusion)
+            probs = predict_probabilities(model, image, self.cfg.data.image_size, self.cfg.eval.inference)
+            out.append(probs[0].float().cpu().numpy())
+        return out
+
+    # ---------------------------------------------------------------- core
+    def _prompt_sets(self, probs: np.ndarray, classes: Sequence[int], rng: np.random.Generator):
+        """Prompts of one image: for each prompt, the original followed by its perturbations."""
+        pl = self.cfg.pseudo_labels
+        size = probs.shape[-2:]
+        sets: list[tuple[ClassPrompt, list[ClassPrompt]]] = []
+        for prompt in prompts_from_probabilities(probs, pl, classes=classes):
+            sets.append((prompt, [prompt, *perturb_prompts(prompt, pl.perturbations, pl.jitter, size, rng)]))
+        return sets
+
+    def _decode(self, items: Sequence[Item], prompt_sets: list[list]) -> list[list[np.ndarray]]:
+        """Teacher foreground probabilities (N, H, W) per prompt set, for every item."""
+        teacher = self.teacher
+        sizes = [tuple(int(s) for s in self.loader.image_slice(c, k).shape[-2:]) for c, k in items]
+        with_prompts = [i for i, sets in enumerate(prompt_sets) if sets]
+        if not with_prompts:
+            return [[] for _ in items]
+        embeddings = torch.stack([self._embedding(*items[i]) for i in with_prompts])
+        boxes, points, labels = [], [], []
+        use_points = teacher.spec.accepts_points
+        for i in with_prompts:
+            flat = [p for _, group in prompt_sets[i] for p in group]
+            boxes.append(torch.from_numpy(np.stack([p.box for p in flat]).astype(np.float32)))
+            if use_points:
+                pts, lbs = zip(*(_point_prompt(p) for p in flat), strict=True)
+                points.append(torch.from_numpy(np.stack(pts)))
+                labels.append(torch.from_numpy(np.stack(lbs)))
+        results = teacher.decode_boxes(
+            embeddings,
+            boxes,
+            [sizes[i] for i in with_prompts],
+            [teacher.input_size(sizes[i]) for i in with_prompts],
+            points=points if use_points else None,
+            point_labels=labels if use_points else None,
+        )
+        out: list[list[np.ndarray]] = [[] for _ in items]
+        for i, result in zip(with_prompts, results, strict=True):
+            probs = torch.sigmoid(result.logits.float()).cpu().numpy()
+            start = 0
+            for _, group in prompt_sets[i]:
+                out[i].append(probs[start : start + len(group)])
+                start += len(group)
+        return out
+
+    def label(
+        self, model: torch.nn.Module, items: Sequence[Item], trusted: dict[int, bool], seed: int, batch_size: int = 8
+    ) -> tuple[list[PseudoLabelResult], RefreshStats]:
+        """Rectified pseudo-labels of ``items`` (with the teacher's label before rectification and the model's
+        probabilities), and the refresh's statistics."""
+        pl = self.cfg.pseudo_labels
+        num_classes = self.cfg.data.num_classes
+        teacher_classes = [k for k in range(1, num_classes) if trusted.get(k, True)]
+        stats = RefreshStats()
+        results: list[PseudoLabelResult] = []
+        was_training = model.training
+        model.eval()
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            probs = self.model_probabilities(model, chunk)
+            rngs = [np.random.default_rng([seed, start + j]) for j in range(len(chunk))]
+            prompt_sets = [self._prompt_sets(p, teacher_classes, rng) for p, rng in zip(probs, rngs, strict=True)]
+            decoded = self._decode(chunk, prompt_sets)
+            for p, sets, maps in zip(probs, prompt_sets, decoded, strict=True):
+                evidence = _class_evidence(sets, maps, pl.uncertainty)
+                evidence += [evidence_from_model(p, k) for k in range(1, num_classes) if not trusted.get(k, True)]
+                label, uncertainty = fuse_classes(evidence, p.shape[-2:])
+                r = rectify(label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence)
+                results.append(PseudoLabelResult(r, label, p))
+                stats.add(r, sum(len(g) for _, g in sets))
+        model.train(was_training)
+        return results, stats
+
+    def calibrate(
+        self, model: torch.nn.Module, items: Sequence[Item], labels: Sequence[np.ndarray], seed: int
+    ) -> tuple[dict[int, bool], dict[str, float]]:
+        """Per-class trust from labeled items: the teacher's rectified output (ignored pixels filled with the
+        model's label, a complete map) against the model's argmax, each scored by Dice against the labels.
+        The prompts still come from the model's predictions; the labels only score the two outputs."""
+        num_classes = self.cfg.data.num_classes
+        everyone = dict.fromkeys(range(1, num_classes), True)
+        results, _ = self.label(model, items, everyone, seed)
+        teacher_dice: dict[int, list[float]] = {k: [] for k in everyone}
+        model_dice: dict[int, list[float]] = {k: [] for k in everyone}
+        for res, ref in zip(results, labels, strict=True):
+            model_label = res.model_probs.argmax(0)
+            filled = np.where(res.rectified.weight > 0, res.rectified.label, model_label)
+            for k, v in dice_per_class(filled, ref, num_classes).items():
+                teacher_dice[k].append(v)
+            for k, v in dice_per_class(model_label, ref, num_classes).items():
+                model_dice[k].append(v)
+        trusted = trusted_classes(teacher_dice, model_dice, self.cfg.pseudo_labels.trust_margin)
+        names = self.cfg.data.class_names
+        scalars: dict[str, float] = {}
+        lines = []
+        for k in everyone:
+            name = names[k] if names else str(k)
+            t, m = _nanmean(teacher_dice[k]), _nanmean(model_dice[k])
+            scalars[f"calibration/teacher_dice_{name}"] = t
+            scalars[f"calibration/model_dice_{name}"] = m
+            scalars[f"calibration/trusted_{name}"] = float(trusted[k])
+            lines.append(f"{name}: teacher {t:.3f} vs model {m:.3f} -> {'teacher' if trusted[k] else 'model'}")
+        logger.info("trust calibration on %d labeled images: %s", len(items), "; ".join(lines))
+        return trusted, scalars
+
+
+def _point_prompt(prompt: ClassPrompt) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) XY points and (P,) labels of a prompt: the positive point, then its negatives."""
+    points = [prompt.point[None]] if prompt.point is not None else []
+    labels = [np.ones(len(points), np.float32)]
+    if prompt.negative_points is not None and len(prompt.negative_points):
+        points.append(prompt.negative_points)
+        labels.append(np.zeros(len(prompt.negative_points), np.float32))
+    return np.concatenate(points).astype(np.float32), np.concatenate(labels)
+
+
+def _class_evidence(sets, maps: list[np.ndarray], kind: str) -> list[ClassEvidence]:
+    """Per class: mean and uncertainty of its prompt sets' decodes; several components of one class combine by
+    the pixel-wise maximum of their means (with the uncertainty of the component giving it)."""
+    by_class: dict[int, ClassEvidence] = {}
+    for (prompt, _), decodes in zip(sets, maps, strict=True):
+        mean, uncertainty = mean_and_uncertainty(decodes, kind)
+        k = prompt.class_index
+        if k not in by_class:
+            by_class[k] = ClassEvidence(k, mean, uncertainty)
+        else:
+            old = by_class[k]
+            take = mean > old.mean
+            by_class[k] = ClassEvidence(k, np.where(take, mean, old.mean), np.where(take, uncertainty, old.uncertainty))
+    return list(by_class.values())
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
+
+
+def _fg_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> float:
+    return _nanmean(list(dice_per_class(pred, ref, num_classes).values()))
+
+
+def score_against_labels(results: Sequence[PseudoLabelResult], refs: Sequence[np.ndarray], num_classes: int) -> dict:
+    """How good pseudo-labels are, against held-back labels (an analysis: never used in training).
+
+    Per image, foreground-mean Dice of: the teacher's fused label before rectification (all pixels); the rectified
+    pseudo-label on the pixels it keeps; the model's own prediction on those same pixels and on all pixels. Then
+    the mean over images; ``coverage`` is the mean fraction of pixels kept.
+    """
+    rows = {"teacher_before_rectification": [], "rectified_on_kept": [], "model_on_kept": [], "model_all": []}
+    coverage = []
+    for res, ref in zip(results, refs, strict=True):
+        model_label = res.model_probs.argmax(0)
+        keep = res.rectified.weight > 0
+        coverage.append(float(keep.mean()))
+        rows["teacher_before_rectification"].append(_fg_dice(res.teacher_label, ref, num_classes))
+        rows["model_all"].append(_fg_dice(model_label, ref, num_classes))
+        if keep.any():
+            kept_ref = ref[keep][None]
+            rows["rectified_on_kept"].append(_fg_dice(res.rectified.label[keep][None], kept_ref, num_classes))
+            rows["model_on_kept"].append(_fg_dice(model_label[keep][None], kept_ref, num_classes))
+    out = {f"dice_{k}": _nanmean(v) for k, v in rows.items()}
+    out["coverage"] = _nanmean(coverage)
+    out["images"] = len(coverage)
+    return out
