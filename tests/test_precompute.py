@@ -151,9 +151,16 @@ def test_export_nnunet_adds_prior_channels(tmp_path, tiny_teacher, monkeypatch):
     overrides = [f"data.{k}={v}" for k, v in _flatten(data).items()]
     cfg = load_config(
         REPO / "configs/demo.yaml",
-        [*overrides, "data.split.labeled_count=null", "data.image_size=[32,32]", f"teacher.cache_dir={tmp_path / 'cache'}",
-         "teacher.everything.points_per_side=4", "teacher.everything.pred_iou_thresh=0.0",
-         "teacher.everything.stability_score_thresh=0.0", "device=cpu"],
+        [
+            *overrides,
+            "data.split.labeled_count=null",
+            "data.image_size=[32,32]",
+            f"teacher.cache_dir={tmp_path / 'cache'}",
+            "teacher.everything.points_per_side=4",
+            "teacher.everything.pred_iou_thresh=0.0",
+            "teacher.everything.stability_score_thresh=0.0",
+            "device=cpu",
+        ],
     )
     monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
     pc.precompute(cfg, teacher=tiny_teacher, splits=["val"], progress=False)

@@ -94,7 +94,8 @@ def main() -> None:
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     table = format_rows(rows)
     print(
-        f"\n{len(images)} images of {cfg.data.name}, {args.boxes} boxes per image, {platform.processor() or platform.machine()}, "
+        f"\n{len(images)} images of {cfg.data.name}, {args.boxes} boxes per image, "
+        f"{platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n{table}"
     )
     atomic_write_text(Path(args.output), json.dumps({"rows": rows, "data": cfg.data.name}, indent=2))

@@ -35,6 +35,9 @@ def main() -> None:
         help="also write the augmented inputs for other frameworks: an nnU-Net raw data set with the priors as "
         "channels _0001/_0002 (nnunet data), or PNG stacks {case}_0000/_0001/_0002.png (2D data)",
     )
+    parser.add_argument(
+        "--embeddings-only", action="store_true", help="skip the prior maps (pseudo-labels need only embeddings)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     setup_logging(args.log_level)
@@ -42,7 +45,9 @@ def main() -> None:
 
     cfg = config_from_args(args)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    report = precompute(cfg, splits=splits, limit=args.limit, progress=not args.no_progress)
+    report = precompute(
+        cfg, splits=splits, limit=args.limit, progress=not args.no_progress, priors=not args.embeddings_only
+    )
     print(
         f"teacher cache: {report.root}\n"
         f"computed {len(report.computed)} cases ({report.images} images) in {report.seconds:.1f} s "

@@ -74,26 +74,29 @@ class MeanTeacher(Method):
 
     def step(self, model, ema, labeled, unlabeled, iteration):
         if ema is None or unlabeled is None:
-            raise ValueError("mean_teacher needs an EMA model and an unlabeled batch")
+            raise ValueError(f"{self.cfg.method.name} needs an EMA model and an unlabeled batch")
         m = self.cfg.method
         num_labeled = labeled["image"].shape[0]
         # One forward pass over labeled + unlabeled images, as SSL4MIS does (shared batch-norm statistics).
         logits = model(torch.cat([labeled["image"], unlabeled["image"]]))
         logits_l, logits_u = logits[:num_labeled], logits[num_labeled:]
         sup = self.supervised_loss(logits_l, labeled["label"])
-        noise = torch.randn_like(unlabeled["image"]) * m.ema_input_noise
-        noise = noise.clamp(-2 * m.ema_input_noise, 2 * m.ema_input_noise)
-        with torch.no_grad():
-            ema_logits = ema.module(unlabeled["image"] + noise)
-        cons = consistency_loss(logits_u, ema_logits)
-        weight = consistency_weight(iteration, self.cfg.schedule.iterations, m.consistency_weight, m.consistency_rampup)
-        loss = sup + weight * cons
-        logs = {
-            "loss/total": float(loss.detach()),
-            "loss/supervised": float(sup.detach()),
-            "loss/consistency": float(cons.detach()),
-            "weight/consistency": weight,
-        }
+        loss = sup
+        logs = {"loss/supervised": float(sup.detach())}
+        if m.consistency_weight > 0:
+            noise = torch.randn_like(unlabeled["image"]) * m.ema_input_noise
+            noise = noise.clamp(-2 * m.ema_input_noise, 2 * m.ema_input_noise)
+            with torch.no_grad():
+                ema_logits = ema.module(unlabeled["image"] + noise)
+            cons = consistency_loss(logits_u, ema_logits)
+            weight = consistency_weight(
+                iteration, self.cfg.schedule.iterations, m.consistency_weight, m.consistency_rampup
+            )
+            loss = loss + weight * cons
+            logs.update({"loss/consistency": float(cons.detach()), "weight/consistency": weight})
+        loss, extra = self.unlabeled_terms(logits_u, unlabeled, iteration, loss)
+        logs.update(extra)
+        logs["loss/total"] = float(loss.detach())
         preview = {
             "image": labeled["image"],
             "label": labeled["label"],

@@ -61,7 +61,9 @@ class PseudoLabelRefresher:
                 f"{embeddings.dir} lacks embeddings of {len(missing)} training cases (e.g. {missing[:3]}); "
                 f"the pseudo-labels decode prompts on them. Make them with: {command}"
             )
-        self.labeler = PseudoLabeler(cfg, self.teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device)
+        self.labeler = PseudoLabeler(
+            cfg, self.teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device
+        )
         self.bank = PseudoLabelBank()
         self.trusted = self._initial_trust()
         self.seconds = 0.0  # spent in refreshes during this process
@@ -94,7 +96,9 @@ class PseudoLabelRefresher:
         if usable:
             self.bank = PseudoLabelBank.load(usable[-1])
             self.trusted = dict(self.bank.trusted) or self.trusted
-            logger.info("pseudo-label bank of iteration %d restored (%d items)", self.bank.iteration, len(self.bank.entries))
+            logger.info(
+                "pseudo-label bank of iteration %d restored (%d items)", self.bank.iteration, len(self.bank.entries)
+            )
 
     # ---------------------------------------------------------------- refresh
     def refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger) -> PseudoLabelBank:
@@ -119,7 +123,8 @@ class PseudoLabelRefresher:
         log.scalars(iteration, scalars)
         self._log_grid(log, iteration, results[:4])
         logger.info(
-            "iteration %d: pseudo-labels refreshed for %d images in %.1f s (%.0f%% teacher, %.0f%% model, %.0f%% ignored)",
+            "iteration %d: pseudo-labels refreshed for %d images in %.1f s "
+            "(%.0f%% teacher, %.0f%% model, %.0f%% ignored)",
             iteration,
             len(results),
             elapsed,

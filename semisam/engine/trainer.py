@@ -92,7 +92,13 @@ class Trainer:
             from semisam.engine.refresh import PseudoLabelRefresher
 
             self.refresher = PseudoLabelRefresher(
-                cfg, self.reader, self.labeled_items, self.unlabeled_items, self.priors, self.device, self.run_dir,
+                cfg,
+                self.reader,
+                self.labeled_items,
+                self.unlabeled_items,
+                self.priors,
+                self.device,
+                self.run_dir,
                 teacher,
             )
         self.in_channels = student_in_channels(cfg)

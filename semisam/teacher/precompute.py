@@ -56,7 +56,9 @@ def identity_of(teacher) -> dict:
     from semisam.teacher.engine import TEACHER_VERSION
 
     spec = teacher.spec
-    return teacher_identity(spec.kind, teacher.checkpoint_sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION)
+    return teacher_identity(
+        spec.kind, teacher.checkpoint_sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION
+    )
 
 
 def identity_from_config(cfg: RunConfig) -> dict:
@@ -120,6 +122,7 @@ def precompute(
     world_size: int = 1,
     progress: bool = True,
     reader: CaseReader | None = None,
+    priors: bool = True,
 ) -> PrecomputeReport:
     """Compute and cache embeddings and prior maps for the configured data set.
 
@@ -129,6 +132,8 @@ def precompute(
         limit: at most this many cases per split (a subset, e.g. for a CPU trial).
         rank, world_size: process ``rank`` handles every ``world_size``-th case (torchrun sharding); rank 0
             writes the manifests before the others start (the caller synchronises).
+        priors: also compute the prior maps (the everything mode, the slow part on a CPU); ``False`` computes
+            only the embeddings that pseudo-labels need.
     """
     from semisam.teacher.engine import build_teacher
 
@@ -145,7 +150,7 @@ def precompute(
     stores = {kind: CacheStore(root, kind) for kind in ("embeddings", "priors")}
     keep_embeddings = cfg.teacher.cache_embeddings
     for kind, store in stores.items():
-        if kind == "embeddings" and not keep_embeddings:
+        if (kind == "embeddings" and not keep_embeddings) or (kind == "priors" and not priors):
             continue
         if rank == 0:
             store.prepare(expected_manifest(cfg, kind, identity))
@@ -155,7 +160,7 @@ def precompute(
     todo = []
     for case_id, is_train in cases:
         need_emb = keep_embeddings and is_train and not stores["embeddings"].has(case_id)
-        need_pri = not stores["priors"].has(case_id)
+        need_pri = priors and not stores["priors"].has(case_id)
         if need_emb or need_pri:
             todo.append((case_id, is_train, need_emb, need_pri))
         else:
@@ -166,13 +171,13 @@ def precompute(
     loader = CaseLoader(reader, cfg.data)
     tic = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"precompute[{teacher.spec.kind}]", disable=not progress, unit="case")
-    for case_id, need_emb, need_pri, embeddings, priors in _compute_cases(teacher, loader, todo, stores, cfg):
+    for case_id, need_emb, need_pri, embeddings, prior_maps_ in _compute_cases(teacher, loader, todo, stores, cfg):
         if need_emb:
             stores["embeddings"].save(case_id, embeddings)
         if need_pri:
-            stores["priors"].save(case_id, priors)
+            stores["priors"].save(case_id, prior_maps_)
         report.computed.append(case_id)
-        report.images += len(priors) if priors.ndim == 4 else 1
+        report.images += len(embeddings) if embeddings.ndim == 4 else 1
         bar.update(1)
     bar.close()
     report.seconds = time.perf_counter() - tic
@@ -213,11 +218,15 @@ def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) ->
             if emb is None:
                 emb = fresh[offset : offset + len(case_slices)]
                 offset += len(case_slices)
-            priors = np.stack(
-                [
-                    prior_maps(everything_masks(teacher, s, emb[k : k + 1], cfg), s.shape[-2:])
-                    for k, s in enumerate(case_slices)
-                ]
+            priors = (
+                np.stack(
+                    [
+                        prior_maps(everything_masks(teacher, s, emb[k : k + 1], cfg), s.shape[-2:])
+                        for k, s in enumerate(case_slices)
+                    ]
+                )
+                if need_pri
+                else np.empty((len(case_slices), 0))
             )
             volume = image.ndim == 4
             emb_np = emb.numpy()

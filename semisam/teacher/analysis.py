@@ -1,0 +1,64 @@
+"""How good are the teacher's pseudo-labels? An offline check against the held-back labels of unlabeled images.
+
+Runs the same pipeline a ``semisam`` refresh runs (prompts from a trained model's predictions, perturbed,
+decoded by the frozen teacher, rectified), then — and only here, for analysis — reads the labels of those
+unlabeled training images to score: the teacher's fused label before rectification, the rectified pseudo-label
+on the pixels it keeps, and the model's own prediction on the same pixels and on all pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from semisam.config.schema import RunConfig
+from semisam.data.dataset import CaseLoader, expand_to_slices
+from semisam.data.readers import build_reader
+from semisam.data.splits import resolve_split
+from semisam.teacher.cache import CacheStore, cache_root
+from semisam.teacher.precompute import precompute
+from semisam.teacher.pseudo_labels import PseudoLabeler, score_against_labels
+
+logger = logging.getLogger("semisam")
+
+
+def analyze_pseudo_labels(
+    cfg: RunConfig, model: torch.nn.Module, limit: int, device: torch.device, teacher=None, progress: bool = True
+) -> tuple[dict, list]:
+    """Score pseudo-labels of the first ``limit`` unlabeled cases; returns (scores, per-item results)."""
+    from semisam.teacher.engine import build_teacher
+
+    teacher = teacher or build_teacher(cfg.teacher)
+    reader = build_reader(cfg.data)
+    split = resolve_split(cfg.data, reader.case_ids())
+    cfg.pseudo_labels.calibration_images = min(cfg.pseudo_labels.calibration_images, limit)
+    precompute(cfg, teacher=teacher, splits=["labeled", "unlabeled"], limit=limit, progress=progress, priors=False)
+    priors = None
+    if cfg.priors.enabled:
+        from semisam.teacher.precompute import open_prior_store
+
+        priors = open_prior_store(cfg, [*split.labeled[:limit], *split.unlabeled[:limit]])
+    labeler = PseudoLabeler(
+        cfg, teacher, CaseLoader(reader, cfg.data, priors), CacheStore(cache_root(cfg), "embeddings"), priors, device
+    )
+    model.to(device).eval()
+    trusted = dict.fromkeys(range(1, cfg.data.num_classes), cfg.pseudo_labels.trust != "none")
+    scores: dict = {}
+    if cfg.pseudo_labels.trust == "calibrate":
+        calib = expand_to_slices(reader, split.labeled[:limit])[: cfg.pseudo_labels.calibration_images]
+        labels = [_label(reader, c, k) for c, k in calib]
+        trusted, calibration = labeler.calibrate(model, calib, labels, seed=cfg.seed)
+        scores["calibration"] = calibration
+    items = expand_to_slices(reader, split.unlabeled[:limit])
+    results, stats = labeler.label(model, items, trusted, seed=cfg.seed + 1)
+    held_back = [_label(reader, c, k) for c, k in items]  # analysis only: never part of training
+    scores.update(score_against_labels(results, held_back, cfg.data.num_classes))
+    scores["refresh"] = stats.scalars()
+    scores["trusted"] = {str(k): v for k, v in trusted.items()}
+    return scores, list(zip(items, results, held_back, strict=True))
+
+
+def _label(reader, case_id: str, slice_index: int):
+    label = reader.read_label(case_id)
+    return label if slice_index < 0 else label[slice_index]

@@ -1,0 +1,338 @@
+"""The uncertainty rules of the pseudo-labels, each in one place: uncertainty from the teacher's decodes of a
+prompt and its perturbations, the fusion of per-class evidence into one label map, the rectification, and the
+per-class trust gate.
+
+All arrays are numpy and belong to ONE image of size ``(H, W)`` (its original size, the teacher's frame).
+Uncertainties are float32 in ``[0, 1]``: 0 = certain, 1 = as uncertain as it gets. Labels are int64 class
+indices, 0 = background. See :class:`~semisam.config.schema.PseudoLabelConfig` for the method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import entr
+
+from semisam.teacher.prompts import PROBABILITY_RANGE_TOLERANCE, check_class_probabilities
+
+logger = logging.getLogger("semisam")
+
+UNCERTAINTY_KINDS = ("entropy", "variance")
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits of probabilities ``p`` (any shape, values in ``[0, 1]``): float32, 1.0 at 0.5 and
+    0.0 at 0 and 1 (``0 log 0 = 0``)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    return ((entr(p) + entr(1.0 - p)) / math.log(2.0)).clip(0.0, 1.0).astype(np.float32)
+
+
+def mean_and_uncertainty(probs: np.ndarray, kind: str = "entropy") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and uncertainty of the teacher's ``N`` foreground probability maps for one prompt set (SAM-U).
+
+    Args:
+        probs: float ``(N, H, W)``, values in ``[0, 1]``: ``sigmoid(logits)`` of the teacher's decodes of one
+            prompt and its ``N - 1`` perturbations (``N >= 1``).
+        kind: ``"entropy"``: binary entropy of the mean, in bits (1.0 where the mean is 0.5, 0 where it is 0 or
+            1); ``"variance"``: the variance over ``N`` times 4 (the largest variance of a ``[0, 1]`` variable is
+            1/4), so 1.0 where half the decodes say 0 and half say 1.
+
+    Returns:
+        ``(mean, uncertainty)``, both float32 ``(H, W)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: an unknown ``kind``, a shape other than ``(N, H, W)``, a non-float array, values outside
+            ``[0, 1]``.
+    """
+    if kind not in UNCERTAINTY_KINDS:
+        raise ValueError(f"uncertainty kind {kind!r} must be one of {', '.join(UNCERTAINTY_KINDS)}")
+    probs = np.asarray(probs)
+    if not np.issubdtype(probs.dtype, np.floating) or probs.ndim != 3 or probs.shape[0] < 1:
+        raise ValueError(f"probs must be float (N, H, W) sigmoid maps with N >= 1, got {probs.dtype} {probs.shape}")
+    _check_unit_range(probs, "probs")
+    p = probs.astype(np.float64).clip(0.0, 1.0)
+    mean = p.mean(axis=0)
+    if kind == "entropy":
+        uncertainty = binary_entropy(mean)
+    else:
+        uncertainty = (4.0 * p.var(axis=0)).clip(0.0, 1.0)
+    return mean.astype(np.float32), uncertainty.astype(np.float32)
+
+
+@dataclass
+class ClassEvidence:
+    """One class's evidence on one image: the teacher's (or, for a class the teacher is not trusted with, the
+    model's: :func:`evidence_from_model`).
+
+    Attributes:
+        class_index: the foreground class, ``>= 1``.
+        mean: float ``(H, W)`` in ``[0, 1]``: the probability that each pixel belongs to the class.
+        uncertainty: float ``(H, W)`` in ``[0, 1]``.
+    """
+
+    class_index: int
+    mean: np.ndarray
+    uncertainty: np.ndarray
+
+
+def fuse_classes(evidence: Sequence[ClassEvidence], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One label map and its uncertainty from per-class evidence: THE multi-class rule.
+
+    **Label.** A pixel gets the class with the highest mean among the classes whose mean is ``>= 0.5`` there
+    (equal means: the lower class index); if no class reaches 0.5, it is background (0).
+
+    **Uncertainty.** The label at a pixel is a claim about *every* class: "``k`` yes, every other class no" (and a
+    background pixel says "no" to all of them). So the pixel's uncertainty is the **maximum of all classes'
+    uncertainties there**, whatever its label. On top of that, where a second class also claims the pixel
+    (runner-up mean ``>= 0.5``: overlapping prompts of different classes), the teacher contradicts itself and the
+    uncertainty is at least the *conflict* ``1 - (mean_winner - mean_runner_up)`` (1 when the two are tied).
+
+    Why not only the winner's own uncertainty: a pixel would then be certain where the winner is sure while
+    another class's decodes disagree about it (e.g. ACDC's myocardium ring, whose box also covers the LV: the
+    teacher's myocardium answer wavers over the LV), and the rule would jump from certain to uncertain when a
+    runner-up crosses 0.5. With entropy, a runner-up just below 0.5 already has uncertainty ~1 and the conflict
+    at 0.5 is continuous with it. Where the evidence is uncertain, :func:`rectify` still takes the model's label if
+    the model is confident, so this costs only the pixels nobody is sure of.
+
+    **No evidence at all** (the model predicted no foreground, so the teacher was not asked, and no class came
+    from the model): every pixel is background with uncertainty 0 — certain, i.e. the model's all-background
+    answer is kept as a weight-1 pseudo-label. Likewise a class without evidence is treated as certainly absent.
+
+    Args:
+        evidence: at most one :class:`ClassEvidence` per class; each ``mean`` / ``uncertainty`` of shape ``shape``.
+        shape: ``(H, W)`` of the image.
+
+    Returns:
+        ``(label, uncertainty)``: int64 ``(H, W)`` and float32 ``(H, W)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: a class index < 1, a class given twice, maps of the wrong shape or outside ``[0, 1]``.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    if not evidence:
+        return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.float32)
+    indices = [int(e.class_index) for e in evidence]
+    if min(indices) < 1:
+        raise ValueError(f"evidence class indices must be foreground (>= 1), got {indices}")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"evidence must hold one entry per class, got classes {indices}")
+    ordered = sorted(evidence, key=lambda e: int(e.class_index))
+    for e in ordered:
+        for name in ("mean", "uncertainty"):
+            array = np.asarray(getattr(e, name))
+            if array.shape != shape:
+                raise ValueError(f"class {e.class_index}: {name} has shape {array.shape}, expected {shape}")
+            _check_unit_range(array, f"class {e.class_index} {name}")
+    means = np.stack([np.asarray(e.mean, dtype=np.float64) for e in ordered])  # (C, H, W)
+    uncertainties = np.stack([np.asarray(e.uncertainty, dtype=np.float64) for e in ordered])
+    class_ids = np.asarray([int(e.class_index) for e in ordered], dtype=np.int64)
+
+    claims = np.where(means >= 0.5, means, -1.0)  # a class below 0.5 does not claim the pixel
+    winner = claims.argmax(axis=0)  # first maximum = lower class index on ties
+    claimed = claims.max(axis=0) >= 0.5
+    label = np.where(claimed, class_ids[winner], 0).astype(np.int64)
+
+    uncertainty = uncertainties.max(axis=0)
+    if len(ordered) > 1:
+        top_two = np.sort(claims, axis=0)[-2:]  # (2, H, W): runner-up, winner
+        contested = top_two[0] >= 0.5
+        conflict = 1.0 - (top_two[1] - top_two[0])
+        uncertainty = np.where(contested, np.maximum(uncertainty, conflict), uncertainty)
+    return label, uncertainty.clip(0.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class Rectified:
+    """A rectified pseudo-label of one image.
+
+    Attributes:
+        label: int64 ``(H, W)`` class indices (meaningless where ``weight == 0``: the teacher's label is kept).
+        weight: float32 ``(H, W)`` in ``{0, 1}``: 1 where the pixel is trained on, 0 where it is ignored.
+        uncertainty: float32 ``(H, W)``: the teacher's uncertainty (before rectification).
+        source: uint8 ``(H, W)``: :data:`SOURCE_IGNORED` (0), :data:`SOURCE_TEACHER` (1, teacher certain) or
+            :data:`SOURCE_MODEL` (2, teacher uncertain and model confident).
+    """
+
+    label: np.ndarray
+    weight: np.ndarray
+    uncertainty: np.ndarray
+    source: np.ndarray
+
+
+SOURCE_IGNORED, SOURCE_TEACHER, SOURCE_MODEL = 0, 1, 2
+
+
+def rectify(
+    teacher_label: np.ndarray,
+    teacher_uncertainty: np.ndarray,
+    model_probs: np.ndarray,
+    uncertainty_threshold: float,
+    model_confidence: float,
+) -> Rectified:
+    """THE rectification rule, per pixel:
+
+    1. teacher uncertainty ``<= uncertainty_threshold``: the teacher's label, weight 1 (source 1);
+    2. otherwise, the model's max probability ``>= model_confidence``: the model's argmax label, weight 1
+       (source 2);
+    3. otherwise: weight 0 (source 0); the label stays the teacher's and is not trained on.
+
+    Args:
+        teacher_label: integer ``(H, W)`` fused teacher label (:func:`fuse_classes`), values in ``0..K-1``.
+        teacher_uncertainty: float ``(H, W)`` in ``[0, 1]``.
+        model_probs: float ``(K, H, W)`` softmax probabilities of the model (validated as such).
+        uncertainty_threshold: in ``[0, 1]``.
+        model_confidence: in ``[0, 1]``.
+
+    Raises:
+        ValueError: mismatched shapes, a non-integer or out-of-range label, invalid probabilities or thresholds.
+    """
+    model_probs = check_class_probabilities(model_probs, "model_probs")
+    num_classes, height, width = model_probs.shape
+    teacher_label = np.asarray(teacher_label)
+    teacher_uncertainty = np.asarray(teacher_uncertainty)
+    if teacher_label.shape != (height, width) or teacher_uncertainty.shape != (height, width):
+        raise ValueError(
+            f"teacher_label {teacher_label.shape} and teacher_uncertainty {teacher_uncertainty.shape} must match "
+            f"the model's (H, W) = {(height, width)}"
+        )
+    if not np.issubdtype(teacher_label.dtype, np.integer):
+        raise ValueError(f"teacher_label must be an integer label map, got dtype {teacher_label.dtype}")
+    if teacher_label.size and (teacher_label.min() < 0 or teacher_label.max() >= num_classes):
+        raise ValueError(f"teacher_label values must lie in 0..{num_classes - 1}")
+    _check_unit_range(teacher_uncertainty, "teacher_uncertainty")
+    for name, value in (("uncertainty_threshold", uncertainty_threshold), ("model_confidence", model_confidence)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value} must be in [0, 1]")
+
+    teacher_sure = teacher_uncertainty <= uncertainty_threshold
+    model_sure = ~teacher_sure & (model_probs.max(axis=0) >= model_confidence)
+    label = np.where(model_sure, model_probs.argmax(axis=0), teacher_label).astype(np.int64)
+    source = np.full((height, width), SOURCE_IGNORED, dtype=np.uint8)
+    source[teacher_sure] = SOURCE_TEACHER
+    source[model_sure] = SOURCE_MODEL
+    weight = (source != SOURCE_IGNORED).astype(np.float32)
+    return Rectified(label, weight, teacher_uncertainty.astype(np.float32), source)
+
+
+def evidence_from_model(model_probs: np.ndarray, class_index: int) -> ClassEvidence:
+    """A class's evidence from the model itself (for classes the teacher is not trusted with): ``mean`` = the
+    model's probability of the class, ``uncertainty`` = its binary entropy in bits; both float32 ``(H, W)``.
+
+    Raises:
+        ValueError: invalid probabilities (:func:`~semisam.teacher.prompts.check_class_probabilities`) or a class
+            outside ``1..K-1``.
+    """
+    model_probs = check_class_probabilities(model_probs, "model_probs")
+    if not 1 <= class_index < model_probs.shape[0]:
+        raise ValueError(f"class_index={class_index} is not a foreground class of K={model_probs.shape[0]}")
+    mean = model_probs[class_index].astype(np.float64).clip(0.0, 1.0)
+    return ClassEvidence(int(class_index), mean.astype(np.float32), binary_entropy(mean))
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Dice of each foreground class ``1..num_classes-1`` between two label maps (MONAI's ``compute_dice``).
+
+    Args:
+        pred, ref: integer label maps of the same shape (any number of dimensions), values in
+            ``0..num_classes-1``.
+        num_classes: classes including background.
+
+    Returns:
+        ``{class: dice}``; NaN where the class is absent from both maps, 0.0 where it is in only one of them.
+
+    Raises:
+        ValueError: shapes differ, non-integer maps, values out of range, ``num_classes < 2``.
+    """
+    import torch
+    from monai.metrics import compute_dice
+
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes} must be >= 2")
+    if pred.shape != ref.shape:
+        raise ValueError(f"pred {pred.shape} and ref {ref.shape} must have the same shape")
+    for name, array in (("pred", pred), ("ref", ref)):
+        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+            raise ValueError(f"{name} must be an integer label map, got dtype {array.dtype}")
+        if array.size and (array.min() < 0 or array.max() >= num_classes):
+            raise ValueError(f"{name} values must lie in 0..{num_classes - 1}")
+    if pred.ndim == 0 or pred.size == 0:
+        raise ValueError("pred and ref must be non-empty arrays")
+
+    def one_hot(array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+        spatial = t.reshape(1, *array.shape) if array.ndim > 1 else t.reshape(1, 1, -1)
+        return torch.nn.functional.one_hot(spatial, num_classes).movedim(-1, 1).float()  # (1, K, *spatial)
+
+    p, r = one_hot(pred), one_hot(ref)
+    # ignore_empty=False gives 1.0 for "both empty"; we want NaN there (no evidence either way).
+    dice = compute_dice(p, r, include_background=False, ignore_empty=False)[0].double().numpy()
+    dims = tuple(range(2, p.ndim))
+    both_empty = ((p.sum(dim=dims) + r.sum(dim=dims))[0, 1:] == 0).numpy()
+    return {k: (float("nan") if both_empty[k - 1] else float(dice[k - 1])) for k in range(1, num_classes)}
+
+
+def trusted_classes(
+    teacher_dice: Mapping[int, Sequence[float]], model_dice: Mapping[int, Sequence[float]], margin: float
+) -> dict[int, bool]:
+    """Per-class trust gate: is the teacher's rectified output better than the model by at least ``margin``?
+
+    For each class (the keys of either mapping), ``teacher_mean`` and ``model_mean`` are the NaN-ignoring means
+    of the per-image Dice scores (from :func:`dice_per_class` on the calibration images). The class is trusted
+    iff ``teacher_mean >= model_mean + margin``.
+
+    Without data: a class with no finite score on either side (absent from every calibration image's label and
+    from both predictions) is **trusted** (the teacher is the method's default; nothing says otherwise). If only
+    one side has no finite score, that side was empty on every image whose label was empty too, i.e. always
+    right, so its mean counts as 1.0 (a teacher that hallucinates a class the labels never contain is not
+    trusted; one that stays silent where the model hallucinates is).
+
+    Logging: this function logs (logger ``semisam``, INFO) only the classes decided without data, with the reason.
+    The per-class means and decisions are logged by the caller
+    (:meth:`semisam.teacher.pseudo_labels.PseudoLabeler.calibrate`: one INFO line "trust calibration on N
+    labeled images: <class>: teacher T vs model M -> teacher|model; ..." and the TensorBoard scalars
+    ``calibration/teacher_dice_<class>``, ``calibration/model_dice_<class>``, ``calibration/trusted_<class>``).
+
+    Returns:
+        ``{class: trusted}`` for every class of either mapping, in increasing class order.
+    """
+    out: dict[int, bool] = {}
+    for k in sorted(set(teacher_dice) | set(model_dice)):
+        teacher_mean = _nanmean(teacher_dice.get(k, ()))
+        model_mean = _nanmean(model_dice.get(k, ()))
+        if math.isnan(teacher_mean) and math.isnan(model_mean):
+            logger.info("trust calibration: class %d has no Dice score on any calibration image: teacher trusted", k)
+            out[k] = True
+            continue
+        if math.isnan(teacher_mean) or math.isnan(model_mean):
+            side = "teacher" if math.isnan(teacher_mean) else "model"
+            logger.info(
+                "trust calibration: class %d: the %s never predicted it and the labels never contain it: "
+                "its Dice counts as 1.0",
+                k,
+                side,
+            )
+            teacher_mean = 1.0 if math.isnan(teacher_mean) else teacher_mean
+            model_mean = 1.0 if math.isnan(model_mean) else model_mean
+        out[k] = bool(teacher_mean >= model_mean + margin)
+    return out
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    array = np.asarray(list(values), dtype=np.float64)
+    finite = array[~np.isnan(array)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _check_unit_range(array: np.ndarray, name: str) -> None:
+    if array.size == 0:
+        return
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains non-finite values")
+    low, high = float(array.min()), float(array.max())
+    if low < -PROBABILITY_RANGE_TOLERANCE or high > 1 + PROBABILITY_RANGE_TOLERANCE:
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")

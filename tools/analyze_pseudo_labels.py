@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Measure the teacher's pseudo-labels against the held-back labels of unlabeled training images.
+
+Takes a trained student (its EMA weights if the checkpoint has them: what a semisam refresh uses), builds prompts
+from its predictions on the first N unlabeled images, decodes them with the frozen teacher (embeddings are
+computed and cached first if missing), rectifies, and reports foreground Dice of: the teacher's label before
+rectification, the rectified pseudo-label on the pixels it keeps, the model on those pixels and on all pixels,
+and the share of pixels kept. Writes <out>/pseudo_label_scores.json and pseudo_labels.png.
+
+Example:
+  python tools/analyze_pseudo_labels.py --checkpoint runs/kvasir10_sup_cpu/checkpoints/best.pt --limit 30
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from semisam.cli import OVERRIDES_HELP, run_main, setup_logging
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="a student checkpoint written by tools/train.py")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    parser.add_argument("--limit", type=int, default=30, help="unlabeled (and calibration) images to use")
+    parser.add_argument("--weights", choices=["auto", "model", "ema"], default="auto")
+    parser.add_argument("--output", help="output folder (default: <run>/pseudo_label_analysis)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args()
+    setup_logging(args.log_level)
+    from semisam.config.loader import config_from_dict
+    from semisam.data.fusion import student_in_channels
+    from semisam.engine.checkpoint import load_checkpoint, load_model_weights
+    from semisam.evaluation.figures import save_prediction_figure
+    from semisam.student.unet import build_student
+    from semisam.teacher.analysis import analyze_pseudo_labels
+    from semisam.utils import atomic_write_text, resolve_device
+
+    path = Path(args.checkpoint)
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"], args.overrides)
+    model = build_student(cfg.student, student_in_channels(cfg), cfg.data.num_classes)
+    use_ema = args.weights == "ema" or (args.weights == "auto" and state.get("ema"))
+    weights = state["ema"]["module"] if use_ema else state["model"]
+    load_model_weights(model, {"model": weights}, path)
+    device = resolve_device(cfg.device)
+    scores, examples = analyze_pseudo_labels(cfg, model, args.limit, device)
+    scores["weights"] = "ema" if use_ema else "model"
+    out = Path(args.output) if args.output else path.parent.parent / "pseudo_label_analysis"
+    atomic_write_text(out / "pseudo_label_scores.json", json.dumps(scores, indent=2))
+    shown = examples[:4]
+    save_prediction_figure(
+        out / "pseudo_labels.png",
+        [_image(cfg, c, k) for (c, k), _, _ in shown],
+        [ref for _, _, ref in shown],
+        [r.rectified.label * (r.rectified.weight > 0) for _, r, _ in shown],
+        [f"{c} (pseudo-label, ignored = background)" for (c, _), _, _ in shown],
+        cfg.data.num_classes,
+        class_names=cfg.data.class_names or None,
+    )
+    print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, dict)}, indent=2))
+    print(f"wrote {out}")
+
+
+def _image(cfg, case_id, slice_index):
+    from semisam.data.dataset import CaseLoader
+    from semisam.data.readers import build_reader
+
+    image = CaseLoader(build_reader(cfg.data), cfg.data).image(case_id)
+    return image if slice_index < 0 else image[:, slice_index]
+
+
+if __name__ == "__main__":
+    run_main(main)
