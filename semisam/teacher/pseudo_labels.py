@@ -11,7 +11,8 @@ One refresh, for a set of 2D items (slices) of unlabeled images:
 4. per class, the mean of the K+1 sigmoid maps and its uncertainty (:mod:`semisam.teacher.rectify`); several
    components of one class combine by pixel-wise maximum of their means (the uncertainty of the component
    that gives the maximum);
-5. classes the teacher is not trusted with contribute the model's own probabilities instead;
+5. classes the teacher is not trusted with, or was not asked about (no component to prompt), contribute the
+   model's own probabilities and uncertainty instead — an unprompted class is not "certainly absent";
 6. the classes fuse into one label map, and :func:`~semisam.teacher.rectify.rectify` keeps what the teacher is
    sure of, takes the model's label where the teacher is unsure but the model is confident, and ignores the rest.
 
@@ -119,6 +120,7 @@ class PseudoLabelResult:
     rectified: Rectified
     teacher_label: np.ndarray
     model_probs: np.ndarray
+    prompts: int = 0  # prompts decoded for this image (0: the teacher was not asked)
 
 
 @dataclass
@@ -260,10 +262,17 @@ class PseudoLabeler:
             decoded = self._decode(chunk, prompt_sets)
             for p, sets, maps in zip(probs, prompt_sets, decoded, strict=True):
                 evidence = _class_evidence(sets, maps, pl.uncertainty)
-                evidence += [evidence_from_model(p, k) for k in range(1, num_classes) if not trusted.get(k, True)]
+                # classes the teacher was not asked about (untrusted, or no prompt because the model predicts no
+                # component) keep the model's own doubt instead of counting as certainly absent
+                prompted = {prompt.class_index for prompt, _ in sets}
+                evidence += [
+                    evidence_from_model(p, k)
+                    for k in range(1, num_classes)
+                    if not trusted.get(k, True) or k not in prompted
+                ]
                 label, uncertainty = fuse_classes(evidence, p.shape[-2:])
                 r = rectify(label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence)
-                results.append(PseudoLabelResult(r, label, p))
+                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets)))
                 stats.add(r, sum(len(g) for _, g in sets))
         model.train(was_training)
         return results, stats
@@ -358,4 +367,9 @@ def score_against_labels(results: Sequence[PseudoLabelResult], refs: Sequence[np
     out = {f"dice_{k}": _nanmean(v) for k, v in rows.items()}
     out["coverage"] = _nanmean(coverage)
     out["images"] = len(coverage)
+    prompted = [i for i, res in enumerate(results) if res.prompts > 0]
+    out["images_with_prompts"] = len(prompted)
+    if prompted and len(prompted) < len(results):  # the same scores on the images the teacher was asked about
+        sub = score_against_labels([results[i] for i in prompted], [refs[i] for i in prompted], num_classes)
+        out.update({f"{k}_prompted_images": v for k, v in sub.items() if k.startswith(("dice", "coverage"))})
     return out
