@@ -40,6 +40,7 @@ def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
         "schedule.image_every": "3",
         "output_dir": str(out),
         "device": "cpu",
+        "priors.enabled": "false",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

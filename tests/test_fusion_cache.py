@@ -12,13 +12,13 @@ from .conftest import REPO
 
 
 def _cfg(*overrides):
-    return load_config(REPO / "configs" / "demo.yaml", list(overrides))
+    return load_config(REPO / "configs" / "demo.yaml", ["method.name=mean_teacher", *overrides])
 
 
 @pytest.mark.parametrize(
     ("overrides", "channels"),
     [
-        ((), 1),
+        (("priors.enabled=false",), 1),
         (("priors.enabled=true",), 3),
         (("priors.enabled=true", "priors.fusion=add"), 3),
         (("priors.enabled=true", "priors.fusion=none"), 1),

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """The end-to-end demo on the embedded default data: no download, minutes on 2 CPU cores.
 
-Generates the seeded synthetic phantom (semisam.data.phantom) under runs/demo/data, trains a U-Net student with
-8 labeled images and the rest unlabeled (configs/demo.yaml), evaluates the best checkpoint on the phantom's test
-split, prints the summary and writes runs/demo/run/eval_test/{summary.json,metrics_per_case.csv,predictions.png}.
+Generates the seeded synthetic phantom (semisam.data.phantom) under runs/demo/data, runs the frozen LiteMedSAM
+teacher offline (embeddings + SAMAug prior maps, cached in runs/demo/cache), trains a U-Net student with semisam
+(8 labeled images, 40 unlabeled, priors as input channels, rectified auto-prompt pseudo-labels; configs/demo.yaml),
+evaluates the best checkpoint on the phantom's test split, prints the summary and writes
+runs/demo/run/eval_test/{summary.json,metrics_per_case.csv,predictions.png}.
 Run it again to resume/reuse what is there; `make clean` removes it.
 """
 
@@ -40,7 +42,15 @@ def main() -> None:
             num_val=10,
             num_test=20,
         )
-    result = Trainer(cfg, progress=not args.no_progress).fit()
+    from semisam.teacher.engine import build_teacher
+    from semisam.teacher.precompute import precompute
+
+    teacher = build_teacher(cfg.teacher)
+    report = precompute(
+        cfg, teacher=teacher, splits=["labeled", "unlabeled", "val", "test"], progress=not args.no_progress
+    )
+    print(f"teacher cache: {report.root} ({len(report.computed)} cases computed, {report.skipped} reused)")
+    result = Trainer(cfg, progress=not args.no_progress, teacher=teacher).fit()
     summary = evaluate_checkpoint(result.best_checkpoint, "test", progress=not args.no_progress)
     out = result.run_dir / "eval_test"
     print(format_summary(summary))
