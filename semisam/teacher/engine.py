@@ -432,8 +432,8 @@ def build_teacher(
         device,
         dtype,
         checkpoint_sha256,
-        embed_batch_size=cfg.embed_batch_size,
-        decode_batch_size=cfg.decode_batch_size,
+        embed_batch_size=cfg.embed_batch_size or (8 if device.type == "cuda" else 1),
+        decode_batch_size=cfg.decode_batch_size or (256 if device.type == "cuda" else 4),
     )
     logger.info(
         "teacher %s on %s (%s), checkpoint sha256 %s",

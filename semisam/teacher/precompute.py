@@ -191,7 +191,7 @@ def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) ->
     the encoder together (in batches of ``embed_batch_size``), so 2D data sets use full encoder batches too.
     Cached embeddings are reused, never recomputed.
     """
-    batch_size = cfg.teacher.embed_batch_size
+    batch_size = teacher.embed_batch_size
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         images = [loader.image(case_id) for case_id, *_ in chunk]
