@@ -38,6 +38,7 @@ def _cfg(root, tmp_path, out="run", *extra):
         "pseudo_labels.perturbations=2",
         "pseudo_labels.calibration_images=3",
         "pseudo_labels.min_area=1",
+        "pseudo_labels.min_model_dice=0.0",  # a 2-step student is no good: refresh all the same
         "pseudo_labels.uncertainty_threshold=0.6",
         "pseudo_labels.model_confidence=0.3",  # a 6-step student is not confident: keep some model pixels
         "deterministic=true",
@@ -83,10 +84,23 @@ def test_no_label_reaches_the_prompts_of_unlabeled_images(
         tags = {r["tag"] for r in csv.DictReader(f)}
     assert {
         "pseudo/fraction_ignored",
-        "pseudo/fraction_teacher",
+        "pseudo/fraction_certain",
         "calibration/teacher_dice_LV",
         "loss/pseudo_label",
     } <= tags
+
+
+def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path, "run", "pseudo_labels.min_model_dice=1.0")
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
+    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    trainer.fit()
+    assert not list((tmp_path / "run" / "pseudo_labels").glob("bank_*.npz"))
+    assert trainer.refresher.bank.entries == {}
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["iteration"] for r in rows if r["tag"] == "pseudo/skipped"] == ["2", "4"]
+    assert all(float(r["value"]) == 0 for r in rows if r["tag"] == "pseudo/batch_fraction_kept")
 
 
 def test_pseudo_label_loss_gives_finite_nonzero_gradients(phantom_root, tmp_path):

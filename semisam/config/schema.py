@@ -235,7 +235,8 @@ class PseudoLabelConfig:
     (weight 0) otherwise. ``trust``: ``calibrate`` compares, per class, the rectified teacher output and the
     model against the labels of ``calibration_images`` labeled images (prompts still from the model) and takes
     a class from the model where the teacher is not better by ``trust_margin``; ``all`` / ``none`` trust the
-    teacher for every / no class.
+    teacher for every / no class. A refresh is skipped while the EMA model's mean foreground Dice on those
+    calibration images is below ``min_model_dice`` (its prompts would be noise).
     """
 
     enabled: bool = True
@@ -251,6 +252,7 @@ class PseudoLabelConfig:
     trust: str = "calibrate"
     trust_margin: float = 0.0
     calibration_images: int = 32
+    min_model_dice: float = 0.2  # skip a refresh while the EMA model's calibration Dice is below this
     warmup: float = 0.2  # fraction of the run before the first refresh
     refresh_every: int = 1000  # iterations between refreshes of the pseudo-label bank
     weight: float = 1.0  # final weight of the pseudo-label loss
@@ -360,7 +362,15 @@ def validate_config(cfg: RunConfig) -> None:
     _choice("pseudo_labels.components", pl.components, COMPONENT_RULES)
     _choice("pseudo_labels.uncertainty", pl.uncertainty, UNCERTAINTY_KINDS)
     _choice("pseudo_labels.trust", pl.trust, TRUST_MODES)
-    for key in ("box_margin", "jitter", "uncertainty_threshold", "model_confidence", "warmup", "rampup"):
+    for key in (
+        "box_margin",
+        "jitter",
+        "uncertainty_threshold",
+        "model_confidence",
+        "warmup",
+        "rampup",
+        "min_model_dice",
+    ):
         value = getattr(pl, key)
         if not 0 <= value <= 1:
             raise ConfigError(f"pseudo_labels.{key}={value} must be in [0, 1]")

@@ -102,13 +102,32 @@ class PseudoLabelRefresher:
 
     # ---------------------------------------------------------------- refresh
     def refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger) -> PseudoLabelBank:
-        """Calibrate trust (if configured) and relabel every unlabeled item with ``model`` (the EMA model)."""
+        """Calibrate trust and check the model on labeled items, then relabel every unlabeled item with ``model``
+        (the EMA model). A model whose foreground Dice on the calibration items is below
+        ``pseudo_labels.min_model_dice`` (early in a run, the EMA can still be mostly the random start) would
+        prompt the teacher with noise and teach confident background: that refresh is skipped."""
         tic = time.perf_counter()
         seed = self.cfg.seed * 1_000_003 + iteration
+        pl = self.cfg.pseudo_labels
         scalars: dict[str, float] = {}
-        if self.cfg.pseudo_labels.trust == "calibrate" and self.calibration_items:
+        if self.calibration_items:
             labels = [self._label(case_id, k) for case_id, k in self.calibration_items]
-            self.trusted, scalars = self.labeler.calibrate(model, self.calibration_items, labels, seed)
+            trusted, scalars, model_dice = self.labeler.calibrate(model, self.calibration_items, labels, seed)
+            if pl.trust == "calibrate":
+                self.trusted = trusted
+            if not model_dice >= pl.min_model_dice:  # NaN too: the model finds nothing to prompt from
+                scalars["pseudo/skipped"] = 1.0
+                log.scalars(iteration, scalars)
+                logger.warning(
+                    "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the labeled calibration "
+                    "images is %.3f < pseudo_labels.min_model_dice=%.2f, so its prompts would be noise; "
+                    "the current bank (%s) stays",
+                    iteration,
+                    model_dice,
+                    pl.min_model_dice,
+                    f"iteration {self.bank.iteration}" if self.bank.entries else "empty: no pseudo-label loss yet",
+                )
+                return self.bank
         results, stats = self.labeler.label(model, self.unlabeled_items, self.trusted, seed + 1)
         bank = PseudoLabelBank(iteration=iteration, trusted=dict(self.trusted))
         bank.entries = {i: BankEntry.from_rectified(r.rectified) for i, r in enumerate(results)}
@@ -124,12 +143,12 @@ class PseudoLabelRefresher:
         self._log_grid(log, iteration, results[:4])
         logger.info(
             "iteration %d: pseudo-labels refreshed for %d images in %.1f s "
-            "(%.0f%% teacher, %.0f%% model, %.0f%% ignored)",
+            "(%.0f%% certain, %.0f%% model fallback, %.0f%% ignored)",
             iteration,
             len(results),
             elapsed,
-            100 * scalars["pseudo/fraction_teacher"],
-            100 * scalars["pseudo/fraction_model"],
+            100 * scalars["pseudo/fraction_certain"],
+            100 * scalars["pseudo/fraction_model_fallback"],
             100 * scalars["pseudo/fraction_ignored"],
         )
         return bank

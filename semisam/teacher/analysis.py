@@ -48,7 +48,7 @@ def analyze_pseudo_labels(
     if cfg.pseudo_labels.trust == "calibrate":
         calib = expand_to_slices(reader, split.labeled[:limit])[: cfg.pseudo_labels.calibration_images]
         labels = [_label(reader, c, k) for c, k in calib]
-        trusted, calibration = labeler.calibrate(model, calib, labels, seed=cfg.seed)
+        trusted, calibration, _ = labeler.calibrate(model, calib, labels, seed=cfg.seed)
         scores["calibration"] = calibration
     items = expand_to_slices(reader, split.unlabeled[:limit])
     results, stats = labeler.label(model, items, trusted, seed=cfg.seed + 1)

@@ -125,7 +125,10 @@ class PseudoLabelResult:
 
 @dataclass
 class RefreshStats:
-    """Fractions of pixels by source, and the mean uncertainty, over one refresh."""
+    """Fractions of pixels by source, and the mean uncertainty, over one refresh.
+
+    ``certain``: the fused evidence is certain there (the teacher's for trusted, prompted classes; the model's
+    own for the others); ``model fallback``: uncertain evidence but a confident model; ``ignored``: weight 0."""
 
     images: int = 0
     pixels: int = 0
@@ -148,8 +151,8 @@ class RefreshStats:
         n = max(1, self.pixels)
         return {
             "pseudo/fraction_ignored": self.ignored / n,
-            "pseudo/fraction_teacher": self.teacher / n,
-            "pseudo/fraction_model": self.model / n,
+            "pseudo/fraction_certain": self.teacher / n,
+            "pseudo/fraction_model_fallback": self.model / n,
             "pseudo/mean_uncertainty": self.uncertainty_sum / n,
             "pseudo/prompts_per_image": self.prompts / max(1, self.images),
         }
@@ -271,6 +274,8 @@ class PseudoLabeler:
                     if not trusted.get(k, True) or k not in prompted
                 ]
                 label, uncertainty = fuse_classes(evidence, p.shape[-2:])
+                if not sets:  # the teacher was asked nothing: every pixel rests on the model's confidence alone
+                    uncertainty = np.ones_like(uncertainty)
                 r = rectify(label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence)
                 results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets)))
                 stats.add(r, sum(len(g) for _, g in sets))
@@ -279,7 +284,7 @@ class PseudoLabeler:
 
     def calibrate(
         self, model: torch.nn.Module, items: Sequence[Item], labels: Sequence[np.ndarray], seed: int
-    ) -> tuple[dict[int, bool], dict[str, float]]:
+    ) -> tuple[dict[int, bool], dict[str, float], float]:
         """Per-class trust from labeled items: the teacher's rectified output (ignored pixels filled with the
         model's label, a complete map) against the model's argmax, each scored by Dice against the labels.
         The prompts still come from the model's predictions; the labels only score the two outputs."""
@@ -307,7 +312,9 @@ class PseudoLabeler:
             scalars[f"calibration/trusted_{name}"] = float(trusted[k])
             lines.append(f"{name}: teacher {t:.3f} vs model {m:.3f} -> {'teacher' if trusted[k] else 'model'}")
         logger.info("trust calibration on %d labeled images: %s", len(items), "; ".join(lines))
-        return trusted, scalars
+        model_mean = _nanmean([scalars[f"calibration/model_dice_{names[k] if names else k}"] for k in everyone])
+        scalars["calibration/model_dice_mean"] = model_mean
+        return trusted, scalars, model_mean
 
 
 def _point_prompt(prompt: ClassPrompt) -> tuple[np.ndarray, np.ndarray]:
