@@ -199,36 +199,9 @@ def test_box_grid_everything_checks_decode_shapes():
 
 @pytest.fixture(scope="module")
 def tiny_sam():
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from semisam.teacher.models import build_tiny_sam
 
-    torch.manual_seed(0)
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=64,
-            patch_size=16,
-            in_chans=3,
-            embed_dim=32,
-            depth=1,
-            num_heads=2,
-            out_chans=256,
-            qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=False,
-            window_size=0,
-            global_attn_indexes=(),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=16
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=64, num_heads=2),
-            transformer_dim=256,
-            iou_head_depth=1,
-            iou_head_hidden_dim=32,
-        ),
-    )
-    return sam.eval()
+    return build_tiny_sam(seed=0, encoder_size=64)
 
 
 # thresholds 0 and NMS at IoU 1 (only exact duplicates go): a random SAM's masks all survive, 48 of them to compare

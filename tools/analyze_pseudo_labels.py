@@ -58,7 +58,7 @@ def main() -> None:
         [_image(cfg, c, k) for (c, k), _, _ in shown],
         [ref for _, _, ref in shown],
         [r.rectified.label * (r.rectified.weight > 0) for _, r, _ in shown],
-        [f"{c} (pseudo-label, ignored = background)" for (c, _), _, _ in shown],
+        [f"{c}: right = pseudo-label" for (c, _), _, _ in shown],
         cfg.data.num_classes,
         class_names=cfg.data.class_names or None,
     )
