@@ -77,6 +77,10 @@ class CaseLoader:
             self._cache.popitem(last=False)
         return image
 
+    def clear(self) -> None:
+        """Forget cached cases (for passes that read every case once)."""
+        self._cache.clear()
+
     def image_slice(self, case_id: str, slice_index: int) -> np.ndarray:
         """float32 (C, H, W)."""
         image = self.image(case_id)

@@ -137,7 +137,7 @@ def evaluate_cases(
     kept: list[dict] = []
     for case_id, spacing in tqdm(list(zip(case_ids, spacings, strict=True)), desc="evaluate", disable=not progress):
         image = loader.image(case_id)
-        loader._cache.clear()  # evaluation reads every case once
+        loader.clear()
         pred = predict_case(
             model,
             image,

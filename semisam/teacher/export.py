@@ -68,7 +68,7 @@ def _export_png(cfg, reader, store, cases: dict[str, bool], out: Path) -> None:
     loader = CaseLoader(reader, cfg.data)
     for case_id, has_label in cases.items():
         image = loader.image(case_id)
-        loader._cache.clear()
+        loader.clear()
         priors = store.load(case_id)
         label = reader.read_label(case_id) if has_label else None
         if image.ndim == 3:

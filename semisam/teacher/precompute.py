@@ -195,7 +195,7 @@ def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) ->
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         images = [loader.image(case_id) for case_id, *_ in chunk]
-        loader._cache.clear()
+        loader.clear()
         slices = [_slices(image) for image in images]
         embeddings: list[torch.Tensor | None] = []
         to_embed: list[np.ndarray] = []
