@@ -15,6 +15,14 @@ OVERRIDES_HELP = (
 )
 
 
+def tool_parser(doc: str) -> argparse.ArgumentParser:
+    """A tool's argument parser: the first paragraph of its docstring as description, the rest as epilog."""
+    description, _, epilog = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(
+        description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr with timestamps; tqdm bars and log lines do not garble each other."""
     logging.basicConfig(

@@ -11,19 +11,14 @@ Example:
   python tools/analyze_pseudo_labels.py --checkpoint runs/kvasir10_sup_cpu/checkpoints/best.pt --limit 30
 """
 
-import argparse
 import json
 from pathlib import Path
 
-from semisam.cli import OVERRIDES_HELP, run_main, setup_logging
+from semisam.cli import OVERRIDES_HELP, run_main, setup_logging, tool_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a student checkpoint written by tools/train.py")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     parser.add_argument("--limit", type=int, default=30, help="unlabeled (and calibration) images to use")

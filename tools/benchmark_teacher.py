@@ -11,21 +11,16 @@ Examples:
       --precisions fp32,bf16 --images 32 --boxes 10          # on a GPU
 """
 
-import argparse
 import json
 from pathlib import Path
 
-from semisam.cli import OVERRIDES_HELP, run_main, setup_logging
+from semisam.cli import OVERRIDES_HELP, run_main, setup_logging, tool_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--config", action="append", help="run config whose data set provides the images")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     parser.add_argument("--kinds", default="litemedsam", help="teacher kinds, comma-separated (+ 'tiny' for tests)")

@@ -9,16 +9,15 @@ runs/demo/run/eval_test/{summary.json,metrics_per_case.csv,predictions.png}.
 Run it again to resume/reuse what is there; `make clean` removes it.
 """
 
-import argparse
 from pathlib import Path
 
-from semisam.cli import OVERRIDES_HELP, run_main, setup_logging
+from semisam.cli import OVERRIDES_HELP, run_main, setup_logging, tool_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    parser = tool_parser(__doc__)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
     parser.add_argument("--cases", type=int, default=120, help="phantom images to generate (default 120)")
     parser.add_argument("--no-progress", action="store_true")

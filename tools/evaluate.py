@@ -11,17 +11,11 @@ Examples:
   python tools/evaluate.py --checkpoint best.pt --config configs/acdc/7_supervised.yaml data.root=/data/ACDC
 """
 
-import argparse
-
-from semisam.cli import OVERRIDES_HELP, run_main, setup_logging
+from semisam.cli import OVERRIDES_HELP, run_main, setup_logging, tool_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py (best.pt / last.pt)")
     parser.add_argument(
         "--config",

@@ -13,17 +13,11 @@ Examples:
   python tools/precompute.py --config C --export runs/kvasir_samaug   # priors as extra image channels
 """
 
-import argparse
-
-from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging
+from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging, tool_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     add_common_arguments(parser)
     parser.add_argument(
         "--splits", default="labeled,unlabeled,val,test", help="comma-separated splits to process (default: all)"

@@ -10,17 +10,11 @@ The run directory (output_dir) receives config.yaml, environment.json, checkpoin
 tensorboard/ and metrics.csv. Running the same command again resumes from checkpoints/last.pt.
 """
 
-import argparse
-
-from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging
+from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging, tool_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     add_common_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs of batch jobs)")
     args = parser.parse_args()
