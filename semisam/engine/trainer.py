@@ -46,7 +46,16 @@ from semisam.version import environment_info
 logger = logging.getLogger("semisam")
 
 # Keys that may differ between a run and its resumption (they do not change what is computed).
-RESUMABLE_DIFFERENCES = ("data.num_workers", "data.root", "output_dir", "device", "eval.batch_size")
+RESUMABLE_DIFFERENCES = (
+    "data.num_workers",
+    "data.root",
+    "output_dir",
+    "device",
+    "eval.batch_size",
+    "teacher.cache_dir",
+    "teacher.checkpoint_dir",
+    "teacher.allow_download",
+)
 
 
 @dataclass
