@@ -31,7 +31,8 @@ class StepOutput:
     """The result of one method step.
 
     ``loss`` is the scalar to back-propagate; ``logs`` are floats for TensorBoard / metrics.csv;
-    ``preview`` holds detached tensors for image grids: ``image`` (B, C, H, W), ``label`` (B, H, W) and
+    ``preview`` holds detached tensors for image grids: ``image`` (B, C, H, W; the raw image, without priors),
+    ``label`` (B, H, W) and
     ``pred`` (B, H, W) of the labeled batch, and for methods that use them ``unlabeled_image`` / ``unlabeled_pred``.
     """
 
@@ -62,7 +63,11 @@ class Method:
         """One iteration's loss. Batches hold ``image`` (B, C, H, W) and, if labeled, ``label`` (B, H, W)."""
         logits = model(labeled["image"])
         loss = self.supervised_loss(logits, labeled["label"])
-        preview = {"image": labeled["image"], "label": labeled["label"], "pred": logits.argmax(1)}
+        preview = {
+            "image": labeled.get("raw_image", labeled["image"]),
+            "label": labeled["label"],
+            "pred": logits.argmax(1),
+        }
         return StepOutput(loss, {"loss/supervised": float(loss.detach())}, _detach(preview))
 
 
@@ -98,10 +103,10 @@ class MeanTeacher(Method):
         logs.update(extra)
         logs["loss/total"] = float(loss.detach())
         preview = {
-            "image": labeled["image"],
+            "image": labeled.get("raw_image", labeled["image"]),
             "label": labeled["label"],
             "pred": logits_l.argmax(1),
-            "unlabeled_image": unlabeled["image"],
+            "unlabeled_image": unlabeled.get("raw_image", unlabeled["image"]),
             "unlabeled_pred": logits_u.argmax(1),
         }
         for key in ("pseudo_label", "weight", "uncertainty"):
