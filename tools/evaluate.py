@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["test", "val", "labeled", "unlabeled"])
     parser.add_argument("--weights", default="model", choices=["model", "ema"], help="student or its EMA")
     parser.add_argument("--output", help="output folder (default: <run>/eval_<split>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs of batch jobs)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args()
     setup_logging(args.log_level)
