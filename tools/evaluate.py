@@ -33,7 +33,9 @@ def main() -> None:
     from semisam.evaluation.report import format_summary
     from semisam.evaluation.runner import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(args.checkpoint, args.split, args.output, args.config, args.overrides, args.weights)
+    summary = evaluate_checkpoint(
+        args.checkpoint, args.split, args.output, args.config, args.overrides, args.weights, not args.no_progress
+    )
     print(format_summary(summary))
 
 
