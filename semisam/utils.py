@@ -15,6 +15,11 @@ import torch
 
 logger = logging.getLogger("semisam")
 
+# mkstemp creates files readable by their owner only; written files get the usual umask-derived mode instead
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader never sees a half-written file (tmp + fsync + rename)."""
@@ -26,6 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

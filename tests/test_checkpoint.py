@@ -78,3 +78,16 @@ def test_other_architecture_is_a_clear_error(tmp_path):
     fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3))
     load_model_weights(fresh, state, path)
     assert torch.equal(fresh[0].weight, small[0].weight)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from semisam.utils import atomic_write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "a.txt", "x")
+    plain = tmp_path / "b.txt"
+    plain.write_text("x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~umask

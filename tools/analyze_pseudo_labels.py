@@ -50,23 +50,15 @@ def main() -> None:
     shown = examples[:4]
     save_prediction_figure(
         out / "pseudo_labels.png",
-        [_image(cfg, c, k) for (c, k), _, _ in shown],
+        [image for image, _, _ in shown],
         [ref for _, _, ref in shown],
         [r.rectified.label * (r.rectified.weight > 0) for _, r, _ in shown],
-        [f"{c}: right = pseudo-label" for (c, _), _, _ in shown],
+        [f"example {i + 1}: right = pseudo-label (ignored as background)" for i in range(len(shown))],
         cfg.data.num_classes,
         class_names=cfg.data.class_names or None,
     )
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, dict)}, indent=2))
     print(f"wrote {out}")
-
-
-def _image(cfg, case_id, slice_index):
-    from semisam.data.dataset import CaseLoader
-    from semisam.data.readers import build_reader
-
-    image = CaseLoader(build_reader(cfg.data), cfg.data).image(case_id)
-    return image if slice_index < 0 else image[:, slice_index]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from semisam.config.schema import RunConfig
@@ -111,7 +110,8 @@ class PseudoLabelRefresher:
         pl = self.cfg.pseudo_labels
         scalars: dict[str, float] = {}
         if self.calibration_items:
-            labels = [self._label(case_id, k) for case_id, k in self.calibration_items]
+            # labeled calibration items only: their labels score the teacher and the model, never prompt
+            labels = [self.labeler.loader.label_slice(case_id, k) for case_id, k in self.calibration_items]
             trusted, scalars, model_dice = self.labeler.calibrate(model, self.calibration_items, labels, seed)
             if pl.trust == "calibrate":
                 self.trusted = trusted
@@ -152,10 +152,6 @@ class PseudoLabelRefresher:
             100 * scalars["pseudo/fraction_ignored"],
         )
         return bank
-
-    def _label(self, case_id: str, slice_index: int) -> np.ndarray:
-        label = self.reader.read_label(case_id)  # labeled calibration items only
-        return label if slice_index < 0 else label[slice_index]
 
     def _log_grid(self, log: RunLogger, iteration: int, results) -> None:
         """image | pseudo-label | uncertainty | weight | model prediction, at a common display size."""

@@ -7,10 +7,9 @@ temporary file in the destination folder and moved into place with ``os.replace`
 
 from __future__ import annotations
 
+import io
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from semisam.evaluation.metrics import case_metrics
+from semisam.utils import atomic_write_bytes
 
 logger = logging.getLogger("semisam")
 
@@ -81,18 +81,10 @@ def _overlay(base: np.ndarray, labels: np.ndarray, num_classes: int, alpha: floa
 
 
 def _save_atomic(fig: Figure, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def _dice_text(pred: np.ndarray, ref: np.ndarray, num_classes: int, names: Sequence[str]) -> str:

@@ -26,7 +26,11 @@ logger = logging.getLogger("semisam")
 def analyze_pseudo_labels(
     cfg: RunConfig, model: torch.nn.Module, limit: int, device: torch.device, teacher=None, progress: bool = True
 ) -> tuple[dict, list]:
-    """Score pseudo-labels of the first ``limit`` unlabeled cases; returns (scores, per-item results)."""
+    """Score pseudo-labels of the first ``limit`` unlabeled cases.
+
+    Returns:
+        the scores, and per item ``(image (C, H, W), result, held-back label (H, W))``.
+    """
     from semisam.teacher.engine import build_teacher
 
     teacher = teacher or build_teacher(cfg.teacher)
@@ -47,18 +51,14 @@ def analyze_pseudo_labels(
     scores: dict = {}
     if cfg.pseudo_labels.trust == "calibrate":
         calib = expand_to_slices(reader, split.labeled[:limit])[: cfg.pseudo_labels.calibration_images]
-        labels = [_label(reader, c, k) for c, k in calib]
+        labels = [labeler.loader.label_slice(c, k) for c, k in calib]
         trusted, calibration, _ = labeler.calibrate(model, calib, labels, seed=cfg.seed)
         scores["calibration"] = calibration
     items = expand_to_slices(reader, split.unlabeled[:limit])
     results, stats = labeler.label(model, items, trusted, seed=cfg.seed + 1)
-    held_back = [_label(reader, c, k) for c, k in items]  # analysis only: never part of training
+    held_back = [labeler.loader.label_slice(c, k) for c, k in items]  # analysis only: never part of training
     scores.update(score_against_labels(results, held_back, cfg.data.num_classes))
     scores["refresh"] = stats.scalars()
     scores["trusted"] = {str(k): v for k, v in trusted.items()}
-    return scores, list(zip(items, results, held_back, strict=True))
-
-
-def _label(reader, case_id: str, slice_index: int):
-    label = reader.read_label(case_id)
-    return label if slice_index < 0 else label[slice_index]
+    images = [labeler.loader.image_slice(c, k) for c, k in items]
+    return scores, list(zip(images, results, held_back, strict=True))

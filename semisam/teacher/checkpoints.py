@@ -41,6 +41,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from semisam.config.schema import TeacherConfig
+from semisam.utils import FILE_MODE
 
 logger = logging.getLogger("semisam")
 
@@ -190,6 +191,7 @@ def download_checkpoint(official: OfficialCheckpoint, destination: Path, progres
                 f"download of {official.url} failed verification: sha256 expected {official.sha256}, found {found}. "
                 f"Try again, or {_manual_instructions(official, destination)}."
             )
+        os.chmod(tmp, FILE_MODE)  # mkstemp made it owner-only
         os.replace(tmp, destination)
     except BaseException:
         tmp.unlink(missing_ok=True)
