@@ -190,16 +190,25 @@ class PseudoLabeler:
 
     @torch.no_grad()
     def model_probabilities(self, model: torch.nn.Module, items: Sequence[Item]) -> list[np.ndarray]:
-        """The model's softmax (K, H, W) on each item's un-augmented image, at the image's own size."""
-        out = []
+        """The model's softmax (K, H, W) on each item's un-augmented image, at the image's own size; items of the
+        same size go through the model as one batch."""
+        inputs = []
         for case_id, slice_index in items:
-            image = torch.from_numpy(self.loader.image_slice(case_id, slice_index)[None]).to(self.device)
+            image = torch.from_numpy(self.loader.image_slice(case_id, slice_index))
             if self.priors is not None:
-                prior = self.loader.priors_slice(case_id, slice_index)[None]
-                image = fuse_priors(image, torch.from_numpy(prior).to(self.device), self.cfg.priors.fusion)
-            probs = predict_probabilities(model, image, self.cfg.data.image_size, self.cfg.eval.inference)
-            out.append(probs[0].float().cpu().numpy())
-        return out
+                prior = torch.from_numpy(self.loader.priors_slice(case_id, slice_index))
+                image = fuse_priors(image[None], prior[None], self.cfg.priors.fusion)[0]
+            inputs.append(image)
+        out: list[np.ndarray | None] = [None] * len(items)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(inputs):
+            by_size.setdefault(tuple(image.shape), []).append(i)
+        for group in by_size.values():
+            batch = torch.stack([inputs[i] for i in group]).to(self.device)
+            probs = predict_probabilities(model, batch, self.cfg.data.image_size, self.cfg.eval.inference)
+            for i, p in zip(group, probs.float().cpu().numpy(), strict=True):
+                out[i] = p
+        return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- core
     def _prompt_sets(self, probs: np.ndarray, classes: Sequence[int], rng: np.random.Generator):
