@@ -15,20 +15,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-# Fixed colours per class index (background black), RGB in [0, 1].
-PALETTE = np.array(
-    [
-        [0.0, 0.0, 0.0],
-        [0.90, 0.10, 0.10],
-        [0.10, 0.75, 0.20],
-        [0.15, 0.35, 0.95],
-        [0.95, 0.80, 0.10],
-        [0.75, 0.20, 0.85],
-        [0.10, 0.80, 0.85],
-        [0.95, 0.50, 0.10],
-    ],
-    dtype=np.float32,
-)
+from semisam.evaluation.figures import CLASS_COLOURS, class_colour
+
+# Background black, then the PNG figures' class colours, so that TensorBoard and figures agree.
+PALETTE = np.array([(0.0, 0.0, 0.0)] + [class_colour(k) for k in range(1, len(CLASS_COLOURS) + 1)], dtype=np.float32)
 
 
 def colorize(labels: torch.Tensor) -> torch.Tensor:
