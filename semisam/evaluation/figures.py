@@ -80,7 +80,8 @@ def _overlay(base: np.ndarray, labels: np.ndarray, num_classes: int, alpha: floa
     return out
 
 
-def _save_atomic(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
+    """Render ``fig`` as a PNG (``DPI`` dots per inch) and write it to ``path`` atomically."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -174,7 +175,7 @@ def save_prediction_figure(
             ax.set_axis_off()
     handles = [Patch(color=class_colour(c), label=fg[c - 1]) for c in range(1, num_classes)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
-    _save_atomic(fig, path)
+    save_figure(fig, path)
     logger.debug("wrote prediction figure %s (%d cases)", path, n)
 
 
@@ -217,5 +218,5 @@ def save_metric_bar_figure(path: Path, summary: dict) -> None:
     ax.set_ylabel("Dice")
     ax.set_title(f"Mean Dice per class ({summary.get('num_cases', '?')} cases)", fontsize=10)
     fig.tight_layout()
-    _save_atomic(fig, path)
+    save_figure(fig, path)
     logger.debug("wrote Dice bar figure %s", path)

@@ -1,0 +1,135 @@
+"""Benchmark protocols, method variants and scales: which configs a benchmark run is made of.
+
+A run of protocol ``P``, method ``M``, scale ``S`` and seed ``s`` is the config
+``configs/<P.config_dir>/<P.prefix>_<M.config>.yaml`` merged with the scale's file (if any), then the method's
+overrides, then ``seed=s`` and the run's own ``output_dir`` / ``teacher.cache_dir``. Every method of one protocol
+and scale therefore shares the student, schedule, data split, seed and budget; only the method differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from semisam.config.schema import ConfigError
+
+#: The repository's ``configs/`` folder (the benchmark reads the same files the README's commands use).
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A data set, its labeled subset and where its configs live.
+
+    Attributes:
+        name: e.g. ``acdc-3``.
+        config_dir: folder under ``configs/`` with ``<prefix>_{supervised,mean_teacher,semisam}.yaml``.
+        prefix: the labeled-subset part of those names (``3``, ``7``, ``5``, ``10``).
+        description: one line for the results page.
+    """
+
+    name: str
+    config_dir: str
+    prefix: str
+    description: str
+
+    def method_config(self, method: MethodVariant, configs_dir: Path = CONFIGS_DIR) -> Path:
+        """The protocol's YAML for ``method`` (its base config, before the scale and the variant's overrides)."""
+        return configs_dir / self.config_dir / f"{self.prefix}_{method.config}.yaml"
+
+
+@dataclass(frozen=True)
+class MethodVariant:
+    """A row of the results table: a method config and the overrides that make the ablation."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def uses_priors(self) -> bool:
+        return self.config == "semisam" and "priors.enabled=false" not in self.overrides
+
+    @property
+    def uses_pseudo_labels(self) -> bool:
+        return self.config == "semisam" and "pseudo_labels.enabled=false" not in self.overrides
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A schedule/size regime applied to every method alike: ``configs/benchmark/<file>`` per data set."""
+
+    name: str
+    files: dict[str, str] = field(default_factory=dict)  # protocol config_dir -> file under configs/benchmark
+    description: str = ""
+
+    def config(self, protocol: Protocol, configs_dir: Path = CONFIGS_DIR) -> Path | None:
+        """The scale's YAML for ``protocol`` (``None``: the protocol's own schedule)."""
+        name = self.files.get(protocol.config_dir)
+        return None if name is None else configs_dir / "benchmark" / name
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("acdc-3", "acdc", "3", "ACDC, 3 labeled patients (first 68 slices of train_slices.list)"),
+        Protocol("acdc-7", "acdc", "7", "ACDC, 7 labeled patients (first 136 slices of train_slices.list)"),
+        Protocol("kvasir-5", "kvasir", "5", "Kvasir-SEG, 5 % labeled (splits.json labeled_5pct, 40 images)"),
+        Protocol("kvasir-10", "kvasir", "10", "Kvasir-SEG, 10 % labeled (splits.json labeled_10pct, 80 images)"),
+    )
+}
+
+METHODS: dict[str, MethodVariant] = {
+    m.name: m
+    for m in (
+        MethodVariant("supervised", "supervised", description="labeled images only"),
+        MethodVariant("mean_teacher", "mean_teacher", description="SSL4MIS mean teacher"),
+        MethodVariant(
+            "semisam_priors",
+            "semisam",
+            ("pseudo_labels.enabled=false",),
+            "mean teacher + SAMAug priors as input channels",
+        ),
+        MethodVariant(
+            "semisam_pl",
+            "semisam",
+            ("priors.enabled=false",),
+            "mean teacher + rectified teacher pseudo-labels",
+        ),
+        MethodVariant("semisam", "semisam", description="mean teacher + priors + rectified pseudo-labels"),
+    )
+}
+
+SCALES: dict[str, Scale] = {
+    s.name: s
+    for s in (
+        Scale(
+            "cpu",
+            {"acdc": "cpu_acdc.yaml", "kvasir": "cpu_kvasir.yaml"},
+            "1000 AdamW steps at 128x128, batch 8 + 8, a reduced unlabeled pool, 9-box everything grid",
+        ),
+        Scale("full", {}, "the literature's schedule: 30k SGD steps, batch 12 + 12, 256x256 (a GPU)"),
+    )
+}
+
+
+def _pick(table: dict, name: str, what: str):
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; choose from {', '.join(table)}")
+    return table[name]
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name``; :class:`ConfigError` naming the choices otherwise."""
+    return _pick(PROTOCOLS, name, "protocol")
+
+
+def get_method(name: str) -> MethodVariant:
+    """The method variant called ``name``; :class:`ConfigError` naming the choices otherwise."""
+    return _pick(METHODS, name, "method")
+
+
+def get_scale(name: str) -> Scale:
+    """The scale called ``name``; :class:`ConfigError` naming the choices otherwise."""
+    return _pick(SCALES, name, "scale")

@@ -1,0 +1,358 @@
+"""Run a benchmark protocol end to end: teacher cache once, every method and seed trained, each scored on test.
+
+Layout of ``<out_dir>`` (one folder per protocol and scale)::
+
+    <out_dir>/
+      cache/                            the teacher's embeddings and priors, computed once, shared by all methods
+      <method>/seed<s>/                 a normal run directory (config.yaml, checkpoints/, tensorboard/, ...)
+      <method>/seed<s>/eval_test/       summary.json, metrics_per_case.csv, figures of the best checkpoint
+      <method>/seed<s>/benchmark_run.json   wall-clock seconds of training / evaluation, refresh seconds
+      results.json, results.md, dice.png    the table (mean and spread over seeds) and the figure
+
+A run whose ``eval_test/summary.json`` exists is not trained again; a run interrupted during training resumes from
+its ``checkpoints/last.pt`` (the trainer's own resume), so the whole benchmark can be started again after a kill.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from semisam.benchmark.protocols import CONFIGS_DIR, MethodVariant, Protocol, Scale
+from semisam.config.loader import load_config
+from semisam.config.schema import RunConfig
+from semisam.evaluation.figures import save_figure
+from semisam.utils import atomic_write_text
+from semisam.version import environment_info
+
+logger = logging.getLogger("semisam")
+
+METRICS = ("dice", "hd95", "asd")
+
+
+@dataclass
+class RunRecord:
+    """One trained and scored (method, seed)."""
+
+    method: str
+    seed: int
+    run_dir: str
+    summary: dict
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    refresh_seconds: float | None = None
+    best_iteration: int | None = None
+
+    @property
+    def refresh_share(self) -> float | None:
+        """Fraction of the training wall-clock time spent in pseudo-label refreshes (None when unknown)."""
+        if not self.train_seconds or self.refresh_seconds is None:
+            return None
+        return self.refresh_seconds / self.train_seconds
+
+
+def build_run_config(
+    protocol: Protocol,
+    method: MethodVariant,
+    scale: Scale,
+    seed: int,
+    out_dir: Path,
+    overrides: Sequence[str] = (),
+    configs_dir: Path = CONFIGS_DIR,
+) -> RunConfig:
+    """The validated config of one run: protocol/method YAML, scale YAML, variant overrides, user overrides, then
+    the seed, output folder and shared cache (which always win)."""
+    paths = [protocol.method_config(method, configs_dir)]
+    scale_file = scale.config(protocol, configs_dir)
+    if scale_file is not None:
+        paths.append(scale_file)
+    forced = [f"seed={seed}", f"output_dir={run_dir_of(out_dir, method.name, seed)}"]
+    forced.append(f"teacher.cache_dir={out_dir / 'cache'}")
+    return load_config(paths, [*method.overrides, *overrides, *forced])
+
+
+def run_dir_of(out_dir: Path, method: str, seed: int) -> Path:
+    """Where the run of ``method`` with ``seed`` lives."""
+    return out_dir / method / f"seed{seed}"
+
+
+def refresh_seconds(run_dir: Path) -> float | None:
+    """Total ``time/refresh_s`` in a run's ``metrics.csv`` (None if the run logged no refresh)."""
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return None
+    with path.open(newline="") as f:
+        values = [float(row["value"]) for row in csv.DictReader(f) if row["tag"] == "time/refresh_s"]
+    return sum(values) if values else None
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
+def _stats(values: Sequence[float | None]) -> dict:
+    vals = _finite(values)
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def aggregate(records: Sequence[RunRecord], methods: Sequence[str]) -> dict:
+    """Mean and spread (sample std) over seeds, per method: foreground-mean metrics and Dice per class.
+
+    Returns ``{method: {"foreground": {metric: stats}, "dice_per_class": {class_name: stats}, "seeds": [...],
+    "refresh_share": stats}}``; the foreground mean of each run is the mean over classes of the per-class means
+    over cases (the literature's averaging).
+    """
+    out = {}
+    for name in methods:
+        runs = [r for r in records if r.method == name]
+        if not runs:
+            continue
+        names = runs[0].summary.get("class_names", {})
+        classes = list(runs[0].summary["mean"].keys())
+        out[name] = {
+            "seeds": [r.seed for r in runs],
+            "foreground": {m: _stats([r.summary["foreground_mean"].get(m) for r in runs]) for m in METRICS},
+            "dice_per_class": {
+                names.get(c, f"class_{c}"): _stats([r.summary["mean"][c].get("dice") for r in runs]) for c in classes
+            },
+            "refresh_share": _stats([r.refresh_share for r in runs]),
+            "train_minutes": _stats([None if r.train_seconds is None else r.train_seconds / 60 for r in runs]),
+        }
+    return out
+
+
+def _cell(stats: dict, digits: int) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    text = f"{stats['mean']:.{digits}f}"
+    if stats["n"] > 1:
+        text += f" ± {stats['std']:.{digits}f}"
+    return text
+
+
+def format_table(table: dict, units: str) -> str:
+    """A Markdown table: one row per method, mean (± std over seeds) of foreground Dice, Dice per class, HD95,
+    ASD, minutes of training and the refresh share."""
+    if not table:
+        return "(no finished runs)\n"
+    classes = list(next(iter(table.values()))["dice_per_class"])
+    head = ["method", "seeds", "Dice (fg mean)", *[f"Dice {c}" for c in classes]]
+    head += [f"HD95 ({units})", f"ASD ({units})", "train min", "refresh share"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in table.items():
+        share = row["refresh_share"]
+        cells = [name, str(len(row["seeds"])), _cell(row["foreground"]["dice"], 3)]
+        cells += [_cell(row["dice_per_class"][c], 3) for c in classes]
+        cells += [_cell(row["foreground"]["hd95"], 1), _cell(row["foreground"]["asd"], 1)]
+        cells += [_cell(row["train_minutes"], 1), "n/a" if share["mean"] is None else f"{100 * share['mean']:.0f} %"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_results_figure(path: Path, table: dict, title: str) -> None:
+    """A PNG grouped bar chart: Dice per class and the foreground mean, one bar per method (error bars: std)."""
+    methods = list(table)
+    groups = [*next(iter(table.values()))["dice_per_class"], "mean"]
+    fig = Figure(figsize=(max(5.0, 1.2 + 0.5 * len(groups) * len(methods)), 3.8), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(methods)
+    xs = np.arange(len(groups))
+    cmap = colormaps["tab10"]
+    for i, name in enumerate(methods):
+        row = table[name]
+        stats = [*row["dice_per_class"].values(), row["foreground"]["dice"]]
+        heights = [s["mean"] or 0.0 for s in stats]
+        errors = [s["std"] or 0.0 for s in stats]
+        bars = ax.bar(xs + (i - (len(methods) - 1) / 2) * width, heights, width, yerr=errors, label=name)
+        for bar in bars:
+            bar.set_color(cmap(i % 10))
+            ax.annotate(
+                f"{bar.get_height():.2f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+    ax.set_xticks(xs, groups)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("Dice (test)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=min(len(methods), 5), loc="upper left")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+class BenchmarkRunner:
+    """Runs one protocol at one scale for the given methods and seeds (see the module docstring for the layout).
+
+    Args:
+        protocol, scale: from :mod:`semisam.benchmark.protocols`.
+        methods: method variants, run in this order (per seed).
+        seeds: one run per method and seed.
+        out_dir: the benchmark folder.
+        overrides: ``key=value`` applied to every run (e.g. ``data.root=...``); they must not differ by method.
+        progress: tqdm bars in training, precompute and evaluation.
+    """
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        scale: Scale,
+        methods: Sequence[MethodVariant],
+        seeds: Sequence[int],
+        out_dir: str | Path,
+        overrides: Sequence[str] = (),
+        progress: bool = True,
+        configs_dir: Path = CONFIGS_DIR,
+    ) -> None:
+        self.protocol, self.scale, self.methods, self.seeds = protocol, scale, list(methods), list(seeds)
+        self.out_dir = Path(out_dir)
+        self.overrides = list(overrides)
+        self.progress = progress
+        # every config is built (and validated) before anything runs
+        self.configs = {
+            (m.name, s): build_run_config(protocol, m, scale, s, self.out_dir, self.overrides, configs_dir)
+            for s in self.seeds
+            for m in self.methods
+        }
+        self.teacher = None
+        self.precompute_report: dict | None = None
+
+    def _teacher_config(self) -> tuple[RunConfig | None, bool]:
+        """The config to precompute with (a teacher-using run's) and whether priors are needed."""
+        users = [m for m in self.methods if m.uses_priors or m.uses_pseudo_labels]
+        if not users:
+            return None, False
+        need_priors = any(m.uses_priors for m in self.methods)
+        first = next((m for m in users if m.uses_priors), users[0]) if need_priors else users[0]
+        return self.configs[(first.name, self.seeds[0])], need_priors
+
+    def prepare_teacher(self) -> None:
+        """Build the teacher once and fill the shared cache (embeddings; priors if a method uses them)."""
+        cfg, need_priors = self._teacher_config()
+        if cfg is None:
+            return
+        from semisam.teacher.engine import build_teacher
+        from semisam.teacher.precompute import precompute
+
+        self.teacher = build_teacher(cfg.teacher)
+        splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled")
+        report = precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors)
+        self.precompute_report = {
+            "cache": str(report.root),
+            "computed_cases": len(report.computed),
+            "skipped_cases": report.skipped,
+            "images": report.images,
+            "seconds": report.seconds,
+            "priors": need_priors,
+        }
+        logger.info(
+            "teacher cache ready: %d cases computed (%d images, %.0f s), %d already cached",
+            len(report.computed),
+            report.images,
+            report.seconds,
+            report.skipped,
+        )
+
+    def run_one(self, method: MethodVariant, seed: int) -> RunRecord:
+        """Train (or resume) and score one run; a run already scored is read back."""
+        from semisam.engine.trainer import Trainer
+        from semisam.evaluation.runner import evaluate_checkpoint
+
+        cfg = self.configs[(method.name, seed)]
+        run_dir = Path(cfg.output_dir)
+        summary_path = run_dir / "eval_test" / "summary.json"
+        record_path = run_dir / "benchmark_run.json"
+        if summary_path.exists() and record_path.exists():
+            logger.info("%s seed %d: already scored, reading %s", method.name, seed, summary_path)
+            saved = json.loads(record_path.read_text())
+            return RunRecord(summary=json.loads(summary_path.read_text()), **saved)
+        logger.info("%s seed %d: training in %s", method.name, seed, run_dir)
+        resumed = (run_dir / "checkpoints" / "last.pt").exists()
+        tic = time.perf_counter()
+        result = Trainer(cfg, progress=self.progress, teacher=self.teacher).fit()
+        train_seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+        summary = evaluate_checkpoint(result.best_checkpoint, split="test", progress=self.progress)
+        record = RunRecord(
+            method=method.name,
+            seed=seed,
+            run_dir=str(run_dir),
+            summary=summary,
+            train_seconds=None if resumed else train_seconds,  # a resumed run's time is not the whole run's
+            eval_seconds=time.perf_counter() - tic,
+            refresh_seconds=refresh_seconds(run_dir),
+            best_iteration=result.best_iteration,
+        )
+        saved = {k: v for k, v in asdict(record).items() if k != "summary"}
+        atomic_write_text(record_path, json.dumps(saved, indent=2))
+        logger.info(
+            "%s seed %d: test Dice %.4f (best checkpoint at iteration %d)",
+            method.name,
+            seed,
+            summary["foreground_mean"]["dice"],
+            result.best_iteration,
+        )
+        return record
+
+    def run(self, command: str = "") -> dict:
+        """Everything: cache, runs, then ``results.json``, ``results.md`` and ``dice.png``. Returns the results."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare_teacher()
+        records = []
+        for seed in self.seeds:
+            for method in self.methods:
+                records.append(self.run_one(method, seed))
+                self.write_results(records, command)  # a partial table after every run
+        return self.write_results(records, command)
+
+    def write_results(self, records: Sequence[RunRecord], command: str = "") -> dict:
+        """Aggregate ``records`` and write the table (Markdown, JSON) and the figure."""
+        table = aggregate(records, [m.name for m in self.methods])
+        units = records[0].summary.get("units", {}).get("hd95", "pixels") if records else "pixels"
+        env = environment_info()
+        results = {
+            "protocol": self.protocol.name,
+            "protocol_description": self.protocol.description,
+            "scale": self.scale.name,
+            "scale_description": self.scale.description,
+            "split": "test",
+            "num_cases": records[0].summary.get("num_cases") if records else None,
+            "distance_units": units,
+            "command": command,
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": env["cuda_device"] or f"CPU ({env['platform']})",
+            "git_commit": env["git_commit"],
+            "teacher_cache": self.precompute_report,
+            "table": table,
+            "runs": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in records],
+        }
+        atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
+        header = (
+            f"# {self.protocol.name}, scale {self.scale.name}\n\n"
+            f"{self.protocol.description}; {self.scale.description}. Test split ({results['num_cases']} cases), "
+            f"best checkpoint on val. Distances in {units}.\n\n"
+            f"- command: `{command}`\n- machine: {results['machine']}\n- commit: {results['git_commit']}\n"
+            f"- date: {results['date']}\n\n"
+        )
+        atomic_write_text(self.out_dir / "results.md", header + format_table(table, units))
+        if table:
+            title = f"{self.protocol.name} ({self.scale.name} scale): test Dice per class"
+            save_results_figure(self.out_dir / "dice.png", table, title)
+        return results

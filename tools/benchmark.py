@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Run a benchmark protocol end to end: teacher cache, every method trained, each scored on the test split.
+
+Protocols: acdc-3, acdc-7 (ACDC, SSL4MIS protocol: first 68 / 136 slices of train_slices.list labeled, best
+checkpoint on val.list, the 40 test volumes scored in 3D), kvasir-5, kvasir-10 (Kvasir-SEG splits.json
+labeled_5pct / labeled_10pct, best on val, scored on test).
+Methods: supervised, mean_teacher, semisam_priors (priors only), semisam_pl (pseudo-labels only), semisam (full).
+Scales: cpu (1000 AdamW steps at 128x128, a reduced unlabeled pool: configs/benchmark/cpu_*.yaml; about 10 to 20
+minutes per method on 2 CPU cores) and full (the literature's schedule, for a GPU).
+
+Every method gets the same student, schedule, split, seed and budget; the teacher cache is computed once. Writes
+<out>/results.md, results.json and dice.png, and keeps each run's config, checkpoints and eval_test/summary.json.
+Started again, it skips finished runs and resumes an interrupted one.
+
+Examples:
+  python tools/benchmark.py --protocol kvasir-10 --scale cpu --methods supervised,semisam
+  python tools/benchmark.py --protocol acdc-3 --scale cpu                       # all five methods
+  python tools/benchmark.py --protocol acdc-7 --scale full --seeds 0,1,2 data.num_workers=16
+"""
+
+import shlex
+import sys
+
+from semisam.cli import run_main, setup_logging, tool_parser
+
+
+def main() -> None:
+    from semisam.benchmark.protocols import METHODS, PROTOCOLS, SCALES
+
+    parser = tool_parser(__doc__)
+    parser.add_argument("--protocol", required=True, choices=list(PROTOCOLS))
+    parser.add_argument("--scale", default="cpu", choices=list(SCALES))
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated, run in this order (default: all five)"
+    )
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; several give mean and spread (default 0)")
+    parser.add_argument("--out", help="benchmark folder (default: runs/benchmark/<protocol>_<scale>)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("overrides", nargs="*", help="key=value applied to every run, e.g. data.root=/data/ACDC")
+    args = parser.parse_args()
+    setup_logging(args.log_level)
+
+    from semisam.benchmark.protocols import get_method, get_protocol, get_scale
+    from semisam.benchmark.runner import BenchmarkRunner
+    from semisam.config.schema import ConfigError
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as err:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
+    methods = [get_method(m.strip()) for m in args.methods.split(",") if m.strip()]
+    runner = BenchmarkRunner(
+        get_protocol(args.protocol),
+        get_scale(args.scale),
+        methods,
+        seeds,
+        args.out or f"runs/benchmark/{args.protocol}_{args.scale}",
+        args.overrides,
+        progress=not args.no_progress,
+    )
+    results = runner.run(command=shlex.join(["python", "tools/benchmark.py", *sys.argv[1:]]))
+    print((runner.out_dir / "results.md").read_text())
+    print(f"wrote {runner.out_dir}/results.md, results.json, dice.png ({len(results['runs'])} runs)")
+
+
+if __name__ == "__main__":
+    run_main(main)
