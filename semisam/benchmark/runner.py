@@ -208,6 +208,8 @@ class BenchmarkRunner:
         out_dir: the benchmark folder.
         overrides: ``key=value`` applied to every run (e.g. ``data.root=...``); they must not differ by method.
         progress: tqdm bars in training, precompute and evaluation.
+        configs_dir: where the protocols' YAML files are (default: the repository's ``configs/``).
+        teacher: an already built teacher (default: built once from the first teacher-using run's config).
     """
 
     def __init__(
@@ -220,6 +222,7 @@ class BenchmarkRunner:
         overrides: Sequence[str] = (),
         progress: bool = True,
         configs_dir: Path = CONFIGS_DIR,
+        teacher=None,
     ) -> None:
         self.protocol, self.scale, self.methods, self.seeds = protocol, scale, list(methods), list(seeds)
         self.out_dir = Path(out_dir)
@@ -231,7 +234,7 @@ class BenchmarkRunner:
             for s in self.seeds
             for m in self.methods
         }
-        self.teacher = None
+        self.teacher = teacher
         self.precompute_report: dict | None = None
 
     def _teacher_config(self) -> tuple[RunConfig | None, bool]:
@@ -251,7 +254,7 @@ class BenchmarkRunner:
         from semisam.teacher.engine import build_teacher
         from semisam.teacher.precompute import precompute
 
-        self.teacher = build_teacher(cfg.teacher)
+        self.teacher = self.teacher or build_teacher(cfg.teacher)
         splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled")
         report = precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors)
         self.precompute_report = {

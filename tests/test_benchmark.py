@@ -1,0 +1,143 @@
+"""The benchmark runner: configs per method and scale, shared teacher cache, resumable runs, the results table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from semisam.benchmark.protocols import METHODS, MethodVariant, Protocol, Scale, get_method, get_protocol
+from semisam.benchmark.runner import BenchmarkRunner, RunRecord, aggregate, build_run_config, format_table
+from semisam.config.schema import ConfigError
+
+from .conftest import REPO, tiny_overrides
+
+
+def _summary(dice: dict[str, float], hd95: float) -> dict:
+    fg = sum(dice.values()) / len(dice)
+    return {
+        "mean": {c: {"dice": d, "hd95": hd95, "asd": 1.0} for c, d in dice.items()},
+        "foreground_mean": {"dice": fg, "hd95": hd95, "asd": 1.0},
+        "class_names": {"1": "RV", "2": "LV"},
+        "units": {"hd95": "voxels"},
+        "num_cases": 3,
+    }
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
+    records = [
+        RunRecord("supervised", 0, "a", _summary({"1": 0.5, "2": 0.7}, 10.0), train_seconds=60.0),
+        RunRecord("supervised", 1, "b", _summary({"1": 0.7, "2": 0.9}, 20.0), train_seconds=120.0),
+        RunRecord("semisam", 0, "c", _summary({"1": 0.8, "2": float("nan")}, 5.0), 100.0, 1.0, 25.0),
+    ]
+    table = aggregate(records, ["supervised", "mean_teacher", "semisam"])
+    assert list(table) == ["supervised", "semisam"]  # a method without runs has no row
+    sup = table["supervised"]
+    assert sup["foreground"]["dice"]["mean"] == pytest.approx(0.7)
+    assert sup["foreground"]["dice"]["std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.6 and 0.8
+    assert sup["dice_per_class"]["RV"]["mean"] == pytest.approx(0.6)
+    assert sup["train_minutes"]["mean"] == pytest.approx(1.5)
+    assert table["semisam"]["dice_per_class"]["LV"] == {"mean": None, "std": None, "n": 0}  # NaN left out
+    assert table["semisam"]["refresh_share"]["mean"] == pytest.approx(0.25)
+    text = format_table(table, "voxels")
+    assert "| supervised | 2 | 0.700 ± 0.141 | 0.600 ± 0.141 | 0.800 ± 0.141 | 15.0 ± 7.1 |" in text
+    assert "| semisam | 1 | n/a | 0.800 | n/a | 5.0 | 1.0 | 1.7 | 25 % |" in text
+
+
+def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
+    protocol, scale = get_protocol("acdc-3"), Scale("cpu", {"acdc": "cpu_acdc.yaml"})
+    cfgs = {m: build_run_config(protocol, METHODS[m], scale, 3, tmp_path) for m in METHODS}
+    for name, cfg in cfgs.items():
+        assert cfg.seed == 3
+        assert cfg.schedule == cfgs["supervised"].schedule
+        assert cfg.student == cfgs["supervised"].student
+        assert cfg.data == cfgs["supervised"].data
+        assert cfg.data.split.labeled_count == 68
+        assert cfg.schedule.iterations == 1000 and list(cfg.data.image_size) == [128, 128]
+        assert cfg.output_dir == str(tmp_path / name / "seed3")
+        assert cfg.teacher.cache_dir == str(tmp_path / "cache")
+    assert [cfgs[m].method.name for m in METHODS] == ["supervised", "mean_teacher", "semisam", "semisam", "semisam"]
+    assert not cfgs["semisam_priors"].pseudo_labels.enabled and cfgs["semisam_priors"].priors.enabled
+    assert cfgs["semisam_pl"].pseudo_labels.enabled and not cfgs["semisam_pl"].priors.enabled
+    assert cfgs["semisam"].pseudo_labels.enabled and cfgs["semisam"].priors.enabled
+    assert cfgs["mean_teacher"].method.ema_decay == cfgs["semisam"].method.ema_decay
+
+
+def test_unknown_names_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown protocol 'acdc-5'.*acdc-3"):
+        get_protocol("acdc-5")
+    with pytest.raises(ConfigError, match="unknown method 'fixmatch'"):
+        get_method("fixmatch")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    from semisam.config.loader import load_config
+    from semisam.teacher.engine import build_teacher
+    from semisam.teacher.models import build_tiny_sam, tiny_spec
+
+    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
+    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
+
+
+@pytest.fixture()
+def phantom_protocol(tmp_path, phantom_root):
+    """A protocol on the session phantom whose configs live in a temporary configs folder."""
+    configs = tmp_path / "configs"
+    (configs / "phantom").mkdir(parents=True)
+    (configs / "benchmark").mkdir()
+    for method in ("supervised", "mean_teacher", "semisam"):
+        (configs / "phantom" / f"6_{method}.yaml").write_text(
+            f"defaults: [{REPO / 'configs' / 'demo.yaml'}]\nmethod: {{name: {method}}}\n"
+        )
+    (configs / "benchmark" / "tiny.yaml").write_text("pseudo_labels: {calibration_images: 2, min_model_dice: 0.0}\n")
+    overrides = [o for o in tiny_overrides(phantom_root, tmp_path / "unused") if not o.startswith("output_dir")]
+    protocol = Protocol("phantom-6", "phantom", "6", "phantom, 6 labeled")
+    return configs, protocol, Scale("tiny", {"phantom": "tiny.yaml"}), overrides
+
+
+def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol, tiny_teacher):
+    configs, protocol, scale, overrides = phantom_protocol
+    methods = [METHODS["supervised"], METHODS["semisam_pl"]]
+    out = tmp_path / "bench"
+    overrides = [*overrides, "pseudo_labels.warmup=0.3", "pseudo_labels.refresh_every=2"]
+    runner = BenchmarkRunner(protocol, scale, methods, [0, 1], out, overrides, False, configs, tiny_teacher)
+    results = runner.run(command="test")
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [
+        ("supervised", 0),
+        ("semisam_pl", 0),
+        ("supervised", 1),
+        ("semisam_pl", 1),
+    ]
+    assert results["teacher_cache"]["computed_cases"] > 0 and not results["teacher_cache"]["priors"]
+    for r in results["runs"]:
+        summary = json.loads((out / r["method"] / f"seed{r['seed']}" / "eval_test" / "summary.json").read_text())
+        assert summary["num_cases"] == 4
+    refreshes = results["table"]["semisam_pl"]["refresh_share"]
+    assert refreshes["n"] == 2 and 0 < refreshes["mean"] < 1
+    assert results["table"]["supervised"]["refresh_share"]["n"] == 0
+    assert (out / "dice.png").stat().st_size > 0
+    table = (out / "results.md").read_text()
+    assert "| supervised | 2 |" in table and "| semisam_pl | 2 |" in table
+
+    # started again: nothing is trained or computed again, the table is the same
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    again = BenchmarkRunner(protocol, scale, methods, [0, 1], out, overrides, False, configs, tiny_teacher).run("test")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+    assert again["teacher_cache"]["computed_cases"] == 0
+    assert again["table"] == results["table"]
+
+
+def test_seeds_change_the_runs_but_not_the_protocol(tmp_path, phantom_protocol):
+    configs, protocol, scale, overrides = phantom_protocol
+    a = build_run_config(protocol, METHODS["supervised"], scale, 0, tmp_path, overrides, configs)
+    b = build_run_config(protocol, METHODS["supervised"], scale, 1, tmp_path, overrides, configs)
+    assert (a.seed, b.seed) == (0, 1) and a.data == b.data and a.schedule == b.schedule
+
+
+def test_a_variant_of_another_method_config_is_found(phantom_protocol):
+    configs, protocol, _, _ = phantom_protocol
+    variant = MethodVariant("x", "semisam", ("priors.enabled=false",))
+    assert protocol.method_config(variant, configs) == configs / "phantom" / "6_semisam.yaml"
+    assert variant.uses_pseudo_labels and not variant.uses_priors
