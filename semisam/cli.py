@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from semisam.config.loader import load_config
@@ -24,10 +25,14 @@ def tool_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr with timestamps; tqdm bars and log lines do not garble each other."""
+    """Log to stderr with timestamps; tqdm bars and log lines do not garble each other.
+
+    Under torchrun (``RANK`` set), ranks other than 0 log warnings and errors only, tagged with their rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    numeric = getattr(logging, level.upper())
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=max(numeric, logging.WARNING) if rank else numeric,
+        format=f"%(asctime)s %(levelname)s %(name)s{f' [rank {rank}]' if rank else ''}: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )

@@ -8,6 +8,9 @@ Examples:
 
 The run directory (output_dir) receives config.yaml, environment.json, checkpoints/{last,best}.pt,
 tensorboard/ and metrics.csv. Running the same command again resumes from checkpoints/last.pt.
+
+Several GPUs (one process each, DistributedDataParallel; schedule.batch_size is per process):
+  torchrun --nproc_per_node=4 tools/train.py --config configs/acdc/7_mean_teacher.yaml
 """
 
 from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging, tool_parser
@@ -19,13 +22,18 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs of batch jobs)")
     args = parser.parse_args()
     setup_logging(args.log_level)
+    from semisam import distributed
     from semisam.engine.trainer import Trainer
 
-    result = Trainer(config_from_args(args), progress=not args.no_progress).fit()
-    print(
-        f"done: {result.iterations} iterations, best val Dice {result.best_metric:.4f} at {result.best_iteration}; "
-        f"evaluate with: python tools/evaluate.py --checkpoint {result.best_checkpoint}"
-    )
+    cfg = config_from_args(args)
+    with distributed.session(cfg.device):  # joins torchrun's process group, if there is one
+        result = Trainer(cfg, progress=not args.no_progress).fit()
+        if distributed.is_main():
+            print(
+                f"done: {result.iterations} iterations, best val Dice {result.best_metric:.4f} at "
+                f"{result.best_iteration}; evaluate with: "
+                f"python tools/evaluate.py --checkpoint {result.best_checkpoint}"
+            )
 
 
 if __name__ == "__main__":

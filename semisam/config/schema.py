@@ -106,7 +106,7 @@ class DataConfig:
     slice_axis: int = 2  # axis of the (X, Y, Z) NIfTI array along which volumes are cut into 2D slices
     split: SplitConfig = field(default_factory=SplitConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    num_workers: int = 2
+    num_workers: int = 2  # data-loading workers per process
     cache_cases: int = 8  # volumes kept in memory per worker when slicing 3D cases
 
 
@@ -123,11 +123,17 @@ class StudentConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Optimisation and the rhythm of a run; counts are in iterations."""
+    """Optimisation and the rhythm of a run; counts are in iterations.
+
+    Batch sizes are per process: under ``torchrun --nproc_per_node=N`` each of the N processes draws
+    ``batch_size`` labeled (and ``unlabeled_batch_size`` unlabeled) images per step, so a step sees N times as
+    many, and gradients are averaged over all of them; ``lr`` and ``iterations`` are not rescaled. With one
+    process this is the whole batch, as in SSL4MIS.
+    """
 
     iterations: int = 30000
-    batch_size: int = 12  # labeled images per step
-    unlabeled_batch_size: int = 12  # unlabeled images per step (ignored by `supervised`)
+    batch_size: int = 12  # labeled images per step and process
+    unlabeled_batch_size: int = 12  # unlabeled images per step and process (ignored by `supervised`)
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9

@@ -5,6 +5,10 @@ EMA model labels every unlabeled item through the frozen teacher (:mod:`semisam.
 a trust calibration on labeled items when ``pseudo_labels.trust=calibrate``. Each bank is saved as
 ``<run>/pseudo_labels/bank_<iteration>.npz`` (atomically; the last two are kept), so a run resumed at iteration
 t trains on the bank of the last refresh at or before t, exactly as the uninterrupted run did.
+
+Under torchrun only rank 0 holds the teacher and refreshes; it writes the bank file, all ranks meet at a barrier,
+and the other ranks load that file (the same file a resumed run would load), so every rank trains on the same
+pseudo-labels without sending them over the process group.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from semisam import distributed
 from semisam.config.schema import RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.readers import CaseReader
-from semisam.engine.run_logger import RunLogger, colorize, to_rgb
+from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest
 from semisam.teacher.pseudo_labels import BankEntry, PseudoLabelBank, PseudoLabeler
 
@@ -28,7 +33,8 @@ KEEP_BANKS = 2
 
 
 class PseudoLabelRefresher:
-    """Owns the teacher, the embedding cache, the labeler and the bank of one run."""
+    """Owns the teacher, the embedding cache, the labeler and the bank of one run (under torchrun, rank 0 owns the
+    teacher and labeler; the other ranks only read its banks)."""
 
     def __init__(
         self,
@@ -49,6 +55,12 @@ class PseudoLabelRefresher:
         self.unlabeled_items = unlabeled_items
         self.calibration_items = labeled_items[: cfg.pseudo_labels.calibration_images]
         self.bank_dir = run_dir / "pseudo_labels"
+        self.main = distributed.is_main()
+        self.bank = PseudoLabelBank()
+        self.trusted = self._initial_trust()
+        self.seconds = 0.0  # spent in refreshes during this process
+        if not self.main:
+            return
         self.teacher = teacher or build_teacher(cfg.teacher)
         embeddings = CacheStore(cache_root(cfg), "embeddings")
         command = "python tools/precompute.py --config <this run's config>"
@@ -63,9 +75,6 @@ class PseudoLabelRefresher:
         self.labeler = PseudoLabeler(
             cfg, self.teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device
         )
-        self.bank = PseudoLabelBank()
-        self.trusted = self._initial_trust()
-        self.seconds = 0.0  # spent in refreshes during this process
 
     def _initial_trust(self) -> dict[int, bool]:
         mode = self.cfg.pseudo_labels.trust
@@ -90,7 +99,7 @@ class PseudoLabelRefresher:
         candidates = sorted(self.bank_dir.glob("bank_*.npz")) if self.bank_dir.exists() else []
         usable = [p for p in candidates if int(p.stem.split("_")[1]) <= iteration]
         stale = [p for p in candidates if int(p.stem.split("_")[1]) > iteration]
-        for path in stale:  # written after the checkpoint we resume from: that refresh will run again
+        for path in stale if self.main else ():  # written after the checkpoint we resume from: it will run again
             path.unlink()
         if usable:
             self.bank = PseudoLabelBank.load(usable[-1])
@@ -100,11 +109,22 @@ class PseudoLabelRefresher:
             )
 
     # ---------------------------------------------------------------- refresh
-    def refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger) -> PseudoLabelBank:
+    def refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger | NullRunLogger) -> PseudoLabelBank:
         """Calibrate trust and check the model on labeled items, then relabel every unlabeled item with ``model``
         (the EMA model). A model whose foreground Dice on the calibration items is below
         ``pseudo_labels.min_model_dice`` (early in a run, the EMA can still be mostly the random start) would
-        prompt the teacher with noise and teach confident background: that refresh is skipped."""
+        prompt the teacher with noise and teach confident background: that refresh is skipped.
+
+        Under torchrun every rank calls this; rank 0 refreshes, then the others load the bank it wrote."""
+        if self.main:
+            self._refresh(model, iteration, log)
+        if distributed.is_distributed():
+            distributed.barrier()  # rank 0's bank file is complete
+            if not self.main:
+                self.resume(iteration)  # the newest bank at or before this iteration: rank 0's, or the kept one
+        return self.bank
+
+    def _refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger | NullRunLogger) -> PseudoLabelBank:
         tic = time.perf_counter()
         seed = self.cfg.seed * 1_000_003 + iteration
         pl = self.cfg.pseudo_labels

@@ -81,3 +81,16 @@ class RunLogger:
     def close(self) -> None:
         self.writer.close()
         self._csv_file.close()
+
+
+class NullRunLogger:
+    """Records nothing: what the processes other than rank 0 hold under torchrun (rank 0 alone records)."""
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        """Drop ``values``."""
+
+    def image_grid(self, tag: str, iteration: int, rows: list[torch.Tensor]) -> None:
+        """Drop the grid."""
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -5,6 +5,11 @@ built by their own modules. A run directory holds ``config.yaml``, ``environment
 ``checkpoints/{last,best}.pt``, ``tensorboard/`` and ``metrics.csv``. If ``checkpoints/last.pt`` exists, the
 run resumes from it (same config required), with model, EMA, optimiser, scheduler, scaler, RNG state and data
 order restored, so that it ends where an uninterrupted run would.
+
+Under ``torchrun`` (see :mod:`semisam.distributed`) every process trains its share of each global batch
+(``schedule.batch_size`` images per process) through DistributedDataParallel; rank 0 alone validates, records
+and writes checkpoints. Checkpoints carry the number of processes and, with several, every rank's RNG state; a
+run resumes with the same number of processes, every rank loading ``last.pt``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from semisam import distributed
 from semisam.config.loader import config_to_dict, save_config
 from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices
@@ -37,7 +43,7 @@ from semisam.engine.checkpoint import (
 from semisam.engine.ema import StudentEMA
 from semisam.engine.methods import build_method
 from semisam.engine.optim import build_optimizer, build_scheduler
-from semisam.engine.run_logger import RunLogger, colorize, to_rgb
+from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.evaluation.inference import evaluate_cases
 from semisam.student.unet import build_student
 from semisam.utils import atomic_write_text, autocast_dtype, resolve_device, seed_everything
@@ -76,10 +82,11 @@ class Trainer:
     def __init__(self, cfg: RunConfig, progress: bool = True, teacher=None) -> None:
         """``teacher``: an already built teacher for the pseudo-labels (default: built from ``cfg.teacher``)."""
         self.cfg = cfg
-        self.progress = progress
+        self.main = distributed.is_main()  # the process that validates, records and writes files
+        self.progress = progress and self.main
         self.run_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.local_device(resolve_device(cfg.device))
         self.amp_dtype = autocast_dtype(cfg.schedule.amp, self.device)
         seed_everything(cfg.seed, cfg.deterministic)
 
@@ -113,6 +120,7 @@ class Trainer:
         self.in_channels = student_in_channels(cfg)
         self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
+        self.train_model = distributed.wrap_model(self.model, self.device)  # DDP under torchrun, else the model
         self.optimizer = build_optimizer(self.model.parameters(), cfg.schedule)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -121,8 +129,9 @@ class Trainer:
         self.best_iteration = -1
 
     # ------------------------------------------------------------------ state
-    def _state(self) -> dict:
-        return {
+    def _state(self, rank_rng: list | None = None) -> dict:
+        """The checkpoint dict; ``rank_rng``: every rank's RNG state (several processes, ``last.pt``)."""
+        state = {
             "config": config_to_dict(self.cfg),
             "iteration": self.iteration,
             "model": self.model.state_dict(),
@@ -138,13 +147,29 @@ class Trainer:
                 "in_channels": self.in_channels,
                 "num_classes": self.cfg.data.num_classes,
             },
+            "world_size": distributed.world_size(),
         }
+        if rank_rng is not None and len(rank_rng) > 1:
+            state["rank_rng"] = rank_rng
+        return state
+
+    def _save_last(self, path: Path) -> None:
+        """Write ``last.pt`` on rank 0 with every rank's RNG state. All ranks call it (it gathers)."""
+        rank_rng = distributed.gather_to_main(capture_rng())
+        if self.main:
+            save_checkpoint(path, self._state(rank_rng))
 
     def _resume(self, path: Path) -> dict:
         """Restore everything but the RNG state, which is returned: it is restored only after the data loaders
         exist (creating a loader iterator draws from torch's generator)."""
         state = load_checkpoint(path, map_location=self.device)
         self._check_same_config(state["config"], path)
+        saved_world, world = int(state.get("world_size", 1)), distributed.world_size()
+        if saved_world != world:
+            raise ConfigError(
+                f"{path} was written by a run of {saved_world} process(es); resuming it with {world} would change "
+                f"every batch. Resume with torchrun --nproc_per_node={saved_world} (or one process for 1)."
+            )
         load_model_weights(self.model, state, path)
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
@@ -156,7 +181,8 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         self.best_iteration = int(state["best_iteration"])
         logger.info("resumed from %s at iteration %d", path, self.iteration)
-        return state["rng"]
+        rank_rng = state.get("rank_rng")
+        return rank_rng[distributed.rank()] if rank_rng else state["rng"]
 
     def _check_same_config(self, saved: dict, path: Path) -> None:
         now = OmegaConf.create(config_to_dict(self.cfg))
@@ -181,9 +207,10 @@ class Trainer:
         dataset = SliceDataset(
             self.reader, items, self.cfg.data, labeled=labeled, train=True, priors=self.priors, bank=bank
         )
+        # global batches of batch_size per process; each process takes its own disjoint share
         sampler = IterationBatchSampler(
             len(dataset),
-            batch_size,
+            batch_size * distributed.world_size(),
             self.cfg.schedule.iterations,
             self.cfg.seed + seed_offset,
             start=self.iteration,
@@ -191,7 +218,7 @@ class Trainer:
         workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
-            batch_sampler=sampler,
+            batch_sampler=distributed.shard_batches(sampler),
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -212,10 +239,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
         rng_state = self._resume(last) if last.exists() else None
-        save_config(cfg, self.run_dir / "config.yaml")
-        atomic_write_text(self.run_dir / "environment.json", json.dumps(environment_info(), indent=2))
+        if self.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+            atomic_write_text(self.run_dir / "environment.json", json.dumps(environment_info(), indent=2))
         logger.info(
-            "run %s: %s, %d labeled / %d unlabeled training slices, %d val cases, device %s%s",
+            "run %s: %s, %d labeled / %d unlabeled training slices, %d val cases, device %s%s%s",
             self.run_dir,
             cfg.method.name,
             len(self.labeled_items),
@@ -223,10 +251,12 @@ class Trainer:
             len(self.split.val),
             self.device,
             f" ({self.amp_dtype})" if self.amp_dtype else "",
+            f", {distributed.world_size()} processes" if distributed.is_distributed() else "",
         )
-        log = RunLogger(self.run_dir, self.iteration)
+        log = RunLogger(self.run_dir, self.iteration) if self.main else NullRunLogger()
         if self.refresher is not None:
             self.refresher.resume(self.iteration)
+        distributed.barrier()  # every rank has read last.pt and the bank before rank 0 may write new ones
         # The samplers end at the last iteration, so each loader is iterated exactly once.
         labeled_batches = iter(self._loader(self.labeled_items, True, sc.batch_size, 0))
         unlabeled_batches = (
@@ -257,34 +287,36 @@ class Trainer:
                 batch_l = self._inputs(next(labeled_batches))
                 batch_u = self._inputs(next(unlabeled_batches)) if unlabeled_batches else None
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    out = self.method.step(self.model, self.ema, batch_l, batch_u, self.iteration)
+                    out = self.method.step(self.train_model, self.ema, batch_l, batch_u, self.iteration)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
                         f"loss is {out.loss.item()} at iteration {self.iteration}; last good state is {last}"
                     )
                 self._optimise(out.loss)
+                distributed.average_buffers_(self.model)  # batch-norm statistics equal on every rank
                 if self.ema is not None:  # alpha_t uses the 0-based index of the step just taken (SSL4MIS)
                     self.ema.update(self.model, self.iteration)
                 self.iteration += 1
                 bar.update(1)
                 it = self.iteration
                 if sc.log_every and it % sc.log_every == 0:
-                    logs = {**out.logs, "lr": self.optimizer.param_groups[0]["lr"]}
+                    logs = {**distributed.all_reduce_mean(out.logs), "lr": self.optimizer.param_groups[0]["lr"]}
                     logs["time/iter_s"] = (time.perf_counter() - tic) / sc.log_every
                     tic = time.perf_counter()
                     log.scalars(it, logs)
                     bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}")
-                if sc.image_every and (it % sc.image_every == 0 or it == 1):
+                if self.main and sc.image_every and (it % sc.image_every == 0 or it == 1):
                     self._log_images(log, out.preview, it, batch_l.get("priors"))
-                if (sc.val_every and it % sc.val_every == 0) or it == sc.iterations:
+                if self.main and ((sc.val_every and it % sc.val_every == 0) or it == sc.iterations):
                     self._validate(log, best)
                 if (sc.checkpoint_every and it % sc.checkpoint_every == 0) or it in (sc.iterations, end):
-                    save_checkpoint(last, self._state())
+                    self._save_last(last)
         finally:
             bar.close()
             log.close()
-        if self.iteration == sc.iterations and not best.exists():  # no validation: the last model is the best
+        if self.main and self.iteration == sc.iterations and not best.exists():  # no validation: last is best
             save_checkpoint(best, self._state())
+        distributed.barrier()  # rank 0's files are written when fit returns on any rank
         return TrainResult(self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best)
 
     def _inputs(self, batch: dict) -> dict:
