@@ -11,6 +11,7 @@ Examples:
   python tools/precompute.py --config configs/acdc/7_supervised.yaml teacher.kind=sam_vit_b \\
       teacher.checkpoint=/models/sam_vit_b_01ec64.pth
   python tools/precompute.py --config C --export runs/kvasir_samaug   # priors as extra image channels
+  torchrun --nproc_per_node=4 tools/precompute.py --config C   # cases shared among 4 processes (GPUs)
 """
 
 from semisam.cli import add_common_arguments, config_from_args, run_main, setup_logging, tool_parser
@@ -35,13 +36,17 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     setup_logging(args.log_level)
+    from semisam import distributed
     from semisam.teacher.precompute import precompute
 
     cfg = config_from_args(args)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    report = precompute(
-        cfg, splits=splits, limit=args.limit, progress=not args.no_progress, priors=not args.embeddings_only
-    )
+    with distributed.session(cfg.teacher.device):  # under torchrun: each rank computes its share of the cases
+        report = precompute(
+            cfg, splits=splits, limit=args.limit, progress=not args.no_progress, priors=not args.embeddings_only
+        )
+        if not distributed.is_main():
+            return
     print(
         f"teacher cache: {report.root}\n"
         f"computed {len(report.computed)} cases ({report.images} images) in {report.seconds:.1f} s "

@@ -8,6 +8,13 @@ another teacher or with other settings is rebuilt (see :mod:`semisam.teacher.cac
 
 Embeddings are kept for training cases (labeled + unlabeled: the pseudo-label refreshes decode prompts on them)
 when ``teacher.cache_embeddings`` is set; priors are kept for every case the student will see.
+
+Under torchrun (``torchrun --nproc_per_node=N tools/precompute.py ...``) rank r computes every N-th case of one
+fixed order, so each case is computed by exactly one process. Rank 0 prepares the stores (wipes a stale one,
+writes the manifests) before the others start writing into them, and the call returns on every rank only once
+all ranks are done; rank 0 then holds the report of the whole run. The manifest names the teacher that made the
+files, not their completeness (that is what lets an interrupted run resume), so it is written first, as in a
+single process.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from semisam import distributed
 from semisam.config.schema import RunConfig
 from semisam.data.dataset import CaseLoader
 from semisam.data.readers import CaseReader, build_reader
@@ -118,8 +126,8 @@ def precompute(
     teacher=None,
     splits: Sequence[str] = SPLIT_NAMES,
     limit: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     progress: bool = True,
     reader: CaseReader | None = None,
     priors: bool = True,
@@ -130,13 +138,16 @@ def precompute(
         teacher: a built :class:`~semisam.teacher.engine.SamTeacher` (default: built from ``cfg.teacher``).
         splits: which splits' cases to process.
         limit: at most this many cases per split (a subset, e.g. for a CPU trial).
-        rank, world_size: process ``rank`` handles every ``world_size``-th case (torchrun sharding); rank 0
-            writes the manifests before the others start (the caller synchronises).
+        rank, world_size: process ``rank`` handles every ``world_size``-th case (default: this process's place
+            in torchrun's process group, see :mod:`semisam.distributed`); rank 0 writes the manifests and,
+            in a process group, the others wait for it and everyone waits for the last rank at the end.
         priors: also compute the prior maps (the everything mode, the slow part on a CPU); ``False`` computes
             only the embeddings that pseudo-labels need.
     """
     from semisam.teacher.engine import build_teacher
 
+    rank = distributed.rank() if rank is None else rank
+    world_size = distributed.world_size() if world_size is None else world_size
     unknown = [s for s in splits if s not in SPLIT_NAMES]
     if unknown:
         raise ValueError(f"unknown splits {unknown}; choose from {SPLIT_NAMES}")
@@ -154,6 +165,7 @@ def precompute(
             continue
         if rank == 0:
             store.prepare(expected_manifest(cfg, kind, identity))
+    distributed.barrier()  # the stores are ready (a stale one wiped) before any rank writes into them
 
     cases = _case_order(split, splits)[rank::world_size]
     report = PrecomputeReport(root=root)
@@ -170,7 +182,8 @@ def precompute(
     )
     loader = CaseLoader(reader, cfg.data)
     tic = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=f"precompute[{teacher.spec.kind}]", disable=not progress, unit="case")
+    desc = f"precompute[{teacher.spec.kind}]" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress or rank != 0, unit="case")
     for case_id, need_emb, need_pri, embeddings, prior_maps_ in _compute_cases(teacher, loader, todo, stores, cfg):
         if need_emb:
             stores["embeddings"].save(case_id, embeddings)
@@ -181,7 +194,22 @@ def precompute(
         bar.update(1)
     bar.close()
     report.seconds = time.perf_counter() - tic
-    return report
+    if not distributed.is_distributed():
+        return report
+    reports = distributed.gather_to_main(report)  # also a barrier: rank 0 waits for the last rank to finish
+    distributed.barrier()  # the others return only once everything is cached too
+    return _merged(reports) if reports is not None else report
+
+
+def _merged(reports: list[PrecomputeReport]) -> PrecomputeReport:
+    """One report for the ranks of a torchrun precompute (seconds: the slowest rank's, i.e. wall clock)."""
+    return PrecomputeReport(
+        root=reports[0].root,
+        computed=[case for r in reports for case in r.computed],
+        skipped=sum(r.skipped for r in reports),
+        images=sum(r.images for r in reports),
+        seconds=max(r.seconds for r in reports),
+    )
 
 
 def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) -> Iterator[tuple]:
