@@ -38,6 +38,9 @@ class RecordingReader:
     def spacing(self, case_id):
         return None
 
+    def has_label(self, case_id):
+        return not case_id.startswith("u")
+
 
 def _cfg(**kw) -> DataConfig:
     cfg = DataConfig(name="fake", format="folder", root=".", num_classes=4, modality="mr")

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from semisam.config.schema import DataConfig
+from semisam.data.errors import DataError
 from semisam.data.readers import CaseReader
 from semisam.data.transforms import (
     apply_joint,
@@ -50,6 +51,48 @@ def expand_to_slices(reader: CaseReader, case_ids: Sequence[str]) -> list[Item]:
         n = reader.num_slices(case_id)
         items.extend([(case_id, -1)] if n is None else [(case_id, k) for k in range(n)])
     return items
+
+
+def check_labeled_cases(reader: CaseReader, case_ids: Sequence[str], cfg: DataConfig, what: str = "labeled") -> None:
+    """Check, before any training step, that the labeled cases can be trained on.
+
+    - Every case has a label (file existence, or the h5 ``label`` dataset's presence; no voxel data is read). A
+      case without one is a :class:`DataError` naming the missing label files.
+    - At least one label has foreground. An all-background mask is legitimate for a single case (ACDC has
+      slices without any structure), so it is not checked per case; but a labeled set whose masks are *all*
+      background would teach the student to predict background only, and is an error. Labels are read in order
+      until one has foreground, so this costs one label read in the usual case.
+
+    Args:
+        reader: the data set's reader.
+        case_ids: the labeled cases, in any order.
+        cfg: the data config (for the hint about ``data.label_threshold``).
+        what: the name of the set, for messages.
+
+    Raises:
+        DataError: as above; the message names the files and the config keys to look at.
+    """
+    ids = list(dict.fromkeys(case_ids))
+    if not ids:
+        raise DataError(f"data.split leaves no {what} data (under {cfg.root})")
+    missing = [c for c in ids if not reader.has_label(c)]
+    if missing:
+        shown = ", ".join(reader.label_location(c) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"data.split: {len(missing)} of {len(ids)} {what} cases have no label file: {shown}")
+    for case_id in ids:
+        if np.any(reader.read_label(case_id) > 0):
+            return
+    hint = (
+        f"; with data.label_threshold={cfg.label_threshold}, only mask values above it are foreground "
+        f"(masks stored as 0/1 need a threshold below 1)"
+        if cfg.label_threshold is not None
+        else "; check data.label_dir and data.label_suffix"
+    )
+    example = reader.label_location(ids[0])
+    raise DataError(
+        f"data.split: every label of the {len(ids)} {what} cases is background only (e.g. {example}): "
+        f"the student would learn to predict background everywhere{hint}"
+    )
 
 
 class CaseLoader:
@@ -113,6 +156,8 @@ class SliceDataset(Dataset):
     - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).
 
     ``strong`` adds photometric augmentation of the image channels (after the joint spatial transform).
+    A labeled dataset checks its cases at construction (:func:`check_labeled_cases`): labels exist and not all
+    of them are background.
     """
 
     def __init__(
@@ -128,6 +173,8 @@ class SliceDataset(Dataset):
     ) -> None:
         if not items:
             raise ValueError(f"{'labeled' if labeled else 'unlabeled'} dataset of {cfg.name!r} has no items")
+        if labeled:
+            check_labeled_cases(reader, [case_id for case_id, _ in items], cfg)
         self.items = list(items)
         self.cfg = cfg
         self.labeled = labeled

@@ -11,6 +11,19 @@ Conventions shared by every reader:
 - labels are int64 ``(H, W)`` or ``(D, H, W)`` with every value in ``[0, cfg.num_classes)``;
 - :meth:`CaseReader.read_image` never opens a label file, so unlabeled cases need none;
 - spacing is in millimetres, one value per spatial axis in the order of the returned arrays.
+
+What is an error and what is not (every error is a :class:`DataError` whose message starts with the file):
+
+- unreadable, truncated or garbage files, a missing file, a missing h5 dataset: error;
+- an image/label size mismatch, label values outside ``[0, num_classes)`` (checked after
+  ``data.label_threshold``), non-integer or NaN labels: error;
+- NaN/inf anywhere in an image: error (one NaN poisons the normalisation, the loss and every weight after it);
+- a constant image: a **warning** (once per file per process), not an error. It is not corrupt, just without
+  signal: blank slices and frames occur in real data and nnU-Net trains on them; intensity normalisation maps
+  it to zeros (see :func:`~semisam.data.transforms.normalize_intensity`). Failing a whole data set over one
+  blank image would be worse than training on it;
+- a label without foreground: fine per case (ACDC has 43 such slices); a labeled split whose labels are *all*
+  background is an error, raised by :func:`~semisam.data.dataset.check_labeled_cases` before training.
 """
 
 from __future__ import annotations
@@ -42,8 +55,15 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # ----------------------------------------------------------------------------------------------------------
 
 
+_warned_constant: set[str] = set()  # files already reported as constant by this process
+
+
 def _check_image(image: np.ndarray, path: Path) -> None:
-    """Raise on NaN/inf; warn (do not raise) on a constant image: blank slices exist in real data."""
+    """Raise on an empty image or NaN/inf values; warn once per file (do not raise) on a constant image.
+
+    A constant image is valid but carries no signal: blank slices exist in real data, and normalisation maps it
+    to zeros. It is logged (once, not at every epoch) so that a data set full of them does not go unnoticed.
+    """
     if image.size == 0:
         raise DataError(f"{path}: image is empty (shape {image.shape})")
     finite = np.isfinite(image)
@@ -53,8 +73,9 @@ def _check_image(image: np.ndarray, path: Path) -> None:
         bad = image.size - int(np.count_nonzero(finite))
         raise DataError(f"{path}: image holds {bad} NaN/inf values (of {image.size})")
     low, high = float(image.min()), float(image.max())
-    if low == high:
-        logger.warning("%s: image is constant (every value is %g)", path, low)
+    if low == high and str(path) not in _warned_constant:
+        _warned_constant.add(str(path))
+        logger.warning("%s: image is constant (every value is %g); it is used, normalised to zeros", path, low)
 
 
 def _check_label(label: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
@@ -148,6 +169,18 @@ class CaseReader(abc.ABC):
     def read_label(self, case_id: str) -> np.ndarray:
         """The label: int64 ``(H, W)`` or ``(D, H, W)``, same spatial shape as the image, values in
         ``[0, cfg.num_classes)``."""
+
+    def has_label(self, case_id: str) -> bool:
+        """Whether the case has a label to read (a cheap check: file existence, or the h5 dataset's presence).
+
+        The base implementation cannot tell and answers ``True``; :meth:`read_label` then reports a missing label.
+        """
+        self._entry(case_id)
+        return True
+
+    def label_location(self, case_id: str) -> str:
+        """Where the label of a case is (or would be), for messages."""
+        return f"the label of case {case_id!r} under {self.root}"
 
     @abc.abstractmethod
     def num_slices(self, case_id: str) -> int | None:
@@ -274,6 +307,12 @@ class FolderReader(CaseReader):
         """Where the label file of a case is (it may not exist for an unlabeled case)."""
         self._entry(case_id)
         return self.root / self.cfg.label_dir / f"{case_id}{self.cfg.label_suffix}"
+
+    def has_label(self, case_id: str) -> bool:
+        return self.label_path(case_id).is_file()
+
+    def label_location(self, case_id: str) -> str:
+        return str(self.label_path(case_id))
 
     def read_image(self, case_id: str) -> np.ndarray:
         path = self.image_path(case_id)
@@ -462,6 +501,12 @@ class NnUNetReader(CaseReader):
         """Where the label file of a case is (it may not exist for an unlabeled case)."""
         return self._entry(case_id).label
 
+    def has_label(self, case_id: str) -> bool:
+        return self.label_path(case_id).is_file()
+
+    def label_location(self, case_id: str) -> str:
+        return str(self.label_path(case_id))
+
     def read_image(self, case_id: str) -> np.ndarray:
         channels = []
         first_shape: tuple[int, int, int] | None = None
@@ -533,6 +578,21 @@ class SSL4MISH5Reader(CaseReader):
     def case_path(self, case_id: str) -> Path:
         """The h5 file of a case."""
         return self._entry(case_id)
+
+    def has_label(self, case_id: str) -> bool:
+        """Whether the case's h5 file holds a ``label`` dataset (opens the file, reads no data)."""
+        import h5py
+
+        path = self.case_path(case_id)
+        _require_file(path, "h5 file")
+        try:
+            with h5py.File(path, "r") as handle:
+                return "label" in handle
+        except Exception as err:
+            raise DataError(f"{path}: cannot open h5 file (truncated or not HDF5?): {err}") from err
+
+    def label_location(self, case_id: str) -> str:
+        return f"{self.case_path(case_id)} (dataset 'label')"
 
     def _dataset_shape(self, path: Path, key: str) -> tuple[int, ...]:
         return self._with_dataset(path, key, lambda ds: tuple(ds.shape))

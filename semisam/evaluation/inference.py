@@ -19,6 +19,7 @@ from monai.inferers import sliding_window_inference
 
 from semisam.config.schema import DataConfig, EvalConfig, PriorsConfig
 from semisam.data.dataset import CaseLoader, PriorSource
+from semisam.data.errors import DataError
 from semisam.data.fusion import fuse_priors, more_confident
 from semisam.data.readers import CaseReader
 from semisam.evaluation.metrics import MetricAccumulator
@@ -126,8 +127,17 @@ def evaluate_cases(
     Returns:
         the filled :class:`MetricAccumulator`, and for the first ``keep`` cases a dict with ``case_id``,
         ``image`` (C, H, W) and the ``label``/``pred`` maps of the middle slice, for figures.
+
+    Raises:
+        DataError: a case without a label (checked for every case before predicting any), or any error of the
+            reader on a case's files.
     """
     from tqdm.auto import tqdm
+
+    missing = [c for c in case_ids if not reader.has_label(c)]
+    if missing:
+        shown = ", ".join(reader.label_location(c) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{len(missing)} of {len(case_ids)} cases to evaluate have no label file: {shown}")
 
     was_training = model.training
     model.eval()
