@@ -201,6 +201,7 @@ def test_two_process_precompute_computes_every_case_once_then_semisam_trains(pha
         "teacher.everything.box_scales=[0.5]",
         "teacher.everything.pred_iou_thresh=0.0",
         "teacher.everything.stability_score_thresh=0.0",
+        "teacher.everything.points_per_side=4",  # the tiny teacher takes points: a small automatic-mask grid
     ]
     overrides = tiny_overrides(phantom_root, tmp_path / "unused", **{"method.name": "supervised"}) + cache
     train_overrides = [
