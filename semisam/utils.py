@@ -39,6 +39,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(directory: Path | str, name: str | None = None) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write_bytes` leaves behind when its process is killed
+    between creating and renaming one (``.<name>.<random>.tmp``): ``name``'s only, or every one in ``directory``.
+
+    Call it only where no other process is writing into ``directory`` at the same time (a resumed run before it
+    writes, rank 0 before the other ranks start). Returns the deleted paths.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    prefix = f".{name}." if name is not None else "."
+    removed = []
+    for path in directory.iterdir():
+        if path.name.startswith(prefix) and path.name.endswith(".tmp") and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d temporary file(s) left in %s by an interrupted write", len(removed), directory)
+    return removed
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
     """Atomically write UTF-8 text."""
     atomic_write_bytes(Path(path), text.encode("utf-8"))

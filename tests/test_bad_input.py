@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -430,6 +431,7 @@ def test_evaluate_tool_reports_a_foreign_checkpoint_in_one_line(phantom_root, tm
         [sys.executable, str(REPO / "tools/evaluate.py"), "--checkpoint", str(path), "--no-progress"],
         capture_output=True,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 2
     assert "CheckpointError" in proc.stderr and str(path) in proc.stderr and "another architecture" in proc.stderr
@@ -600,6 +602,7 @@ def test_a_bad_file_met_when_resuming_leaves_the_checkpoints_intact(phantom_root
         [sys.executable, str(REPO / "tools/train.py"), "--config", str(DEMO), "--no-progress", *overrides],
         capture_output=True,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "DataError" in proc.stderr and "cannot read image" in proc.stderr and "Traceback" not in proc.stderr

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semisam.utils import atomic_torch_save
+from semisam.utils import atomic_torch_save, remove_stale_temporaries
 
 CHECKPOINT_FORMAT = 1
 
@@ -53,7 +53,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (a crash never leaves a half-written checkpoint behind)."""
+    """Write ``state`` atomically (a crash never leaves a half-written checkpoint behind), and delete the temporary
+    file that a write of the same checkpoint killed before its rename left next to it."""
+    remove_stale_temporaries(Path(path).parent, Path(path).name)
     atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
 
 

@@ -45,6 +45,17 @@ def grid_rows(rows: list[torch.Tensor], max_items: int = 4) -> torch.Tensor:
     return make_grid(tiles, nrow=n, padding=2, pad_value=1.0)
 
 
+def _complete_row(row: list[str]) -> bool:
+    """``iteration,tag,value`` with an integer iteration and a number as value (a partial row fails this)."""
+    if len(row) != 3 or not row[0].isdigit():
+        return False
+    try:
+        float(row[2])
+    except ValueError:
+        return False
+    return True
+
+
 class RunLogger:
     """TensorBoard + metrics.csv for one run directory."""
 
@@ -53,19 +64,22 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_iteration or None)
         self.csv_path = self.run_dir / "metrics.csv"
         self._truncate_csv(start_iteration)
-        new = not self.csv_path.exists()
+        new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         self._csv_file = self.csv_path.open("a", newline="")
         self._csv = csv.writer(self._csv_file)
         if new:
             self._csv.writerow(["iteration", "tag", "value"])
 
     def _truncate_csv(self, start_iteration: int) -> None:
-        """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+        """Drop rows logged after the checkpoint we resume from (they will be logged again), and a partial last
+        row that a killed process left."""
         if not self.csv_path.exists():
             return
         with self.csv_path.open(newline="") as f:
             rows = list(csv.reader(f))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= start_iteration]
+        if not rows:
+            return
+        kept = [rows[0]] + [r for r in rows[1:] if _complete_row(r) and int(r[0]) <= start_iteration]
         with self.csv_path.open("w", newline="") as f:
             csv.writer(f).writerows(kept)
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from semisam.config.schema import RunConfig
-from semisam.utils import atomic_write_bytes, atomic_write_text
+from semisam.utils import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 
 logger = logging.getLogger("semisam")
 
@@ -102,12 +102,16 @@ class CacheStore:
     def prepare(self, manifest: dict) -> bool:
         """Make the store ready for ``manifest``; wipe it first if it was made by another teacher or setting.
 
+        Temporary files left by a precompute killed in the middle of a write are deleted (only rank 0 prepares,
+        before the other ranks start, so nobody is writing).
+
         Returns:
             True if the existing store was kept (its finished cases will be skipped), False if it is new or
             was rebuilt.
         """
         current = self.read_manifest()
         if current == manifest:
+            remove_stale_temporaries(self.dir)
             return True
         if current is not None or (self.dir.exists() and any(self.dir.iterdir())):
             logger.warning(
