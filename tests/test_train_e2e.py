@@ -95,13 +95,26 @@ def test_resume_with_another_config_is_refused(phantom_root, tmp_path):
         Trainer(other, progress=False).fit()
 
 
-def test_same_seed_same_metrics(phantom_root, tmp_path):
-    extra = {"method.name": "supervised", "deterministic": "true"}
-    runs = [Trainer(_cfg(phantom_root, tmp_path / n, **extra), progress=False).fit() for n in ("x", "y")]
-    assert runs[0].best_metric == runs[1].best_metric
-    sx = evaluate_checkpoint(runs[0].best_checkpoint, "val", progress=False)
-    sy = evaluate_checkpoint(runs[1].best_checkpoint, "val", progress=False)
-    assert sx["foreground_mean"] == sy["foreground_mean"]
+def _val_records(run) -> list[tuple[str, str, str]]:
+    with (run / "metrics.csv").open() as f:
+        return [(r["iteration"], r["tag"], r["value"]) for r in csv.DictReader(f) if r["tag"].startswith("val/")]
+
+
+def test_same_seed_same_weights_and_metrics_another_seed_differs(phantom_root, tmp_path):
+    extra = {"method.name": "mean_teacher", "deterministic": "true"}
+    trainers, results = {}, {}
+    for name, seed in (("x", "0"), ("y", "0"), ("z", "1")):  # each built then run, as tools/train.py does
+        trainers[name] = Trainer(_cfg(phantom_root, tmp_path / name, **extra, seed=seed), progress=False)
+        results[name] = trainers[name].fit()
+    x, y, z = (_weights(trainers[n]) for n in "xyz")
+    assert all(torch.equal(x[k], y[k]) for k in x)  # model and EMA, bitwise
+    assert results["x"].best_metric == results["y"].best_metric
+    assert _val_records(tmp_path / "x") == _val_records(tmp_path / "y")  # every validation Dice of the run
+    for split in ("val", "test"):
+        sx = evaluate_checkpoint(results["x"].best_checkpoint, split, progress=False)
+        sy = evaluate_checkpoint(results["y"].best_checkpoint, split, progress=False)
+        assert sx["metric_per_case"] == sy["metric_per_case"], split
+    assert any(not torch.equal(x[k], z[k]) for k in x)  # the seed matters
 
 
 @pytest.mark.parametrize("tool", ["train", "evaluate", "demo"])
