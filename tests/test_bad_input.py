@@ -323,6 +323,18 @@ def test_all_empty_labeled_split_stops_training_before_a_step(phantom_root, tmp_
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
+def test_a_val_case_without_label_stops_training_before_a_step(phantom_root, tmp_path):
+    from semisam.engine.trainer import Trainer
+
+    root = _copy_phantom(phantom_root, tmp_path)
+    cfg = load_config(DEMO, tiny_overrides(root, tmp_path / "run", **{"method.name": "supervised"}))
+    val = resolve_split(cfg.data, build_reader(cfg.data).case_ids()).val
+    (root / "masks" / f"{val[1]}.png").unlink()
+    with pytest.raises(DataError, match=rf"1 of {len(val)} val cases have no label file: .*masks/{val[1]}\.png"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 6. Missing files in a split
 # ----------------------------------------------------------------------------------------------------------
@@ -361,7 +373,7 @@ def test_evaluation_checks_every_label_before_predicting(tmp_path):
     cfg = _split_cfg(tmp_path)
     cfg.image_size = [16, 16]
     model = torch.nn.Conv2d(1, 4, 1)
-    with pytest.raises(DataError, match=r"1 of 3 cases to evaluate have no label file: .*masks/c2\.png"):
+    with pytest.raises(DataError, match=r"1 of 3 evaluated cases have no label file: .*masks/c2\.png"):
         evaluate_cases(model, build_reader(cfg), ["c0", "c1", "c2"], cfg, EvalConfig(), torch.device("cpu"), ["dice"])
 
 

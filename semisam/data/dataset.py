@@ -53,6 +53,15 @@ def expand_to_slices(reader: CaseReader, case_ids: Sequence[str]) -> list[Item]:
     return items
 
 
+def require_labels(reader: CaseReader, case_ids: Sequence[str], what: str) -> None:
+    """Raise :class:`DataError` naming the missing label files if any of ``case_ids`` has no label (existence
+    only: no voxel data is read). ``what`` names the set in the message (``labeled``, ``val``, ``test``)."""
+    missing = [c for c in case_ids if not reader.has_label(c)]
+    if missing:
+        shown = ", ".join(reader.label_location(c) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"data.split: {len(missing)} of {len(case_ids)} {what} cases have no label file: {shown}")
+
+
 def check_labeled_cases(reader: CaseReader, case_ids: Sequence[str], cfg: DataConfig, what: str = "labeled") -> None:
     """Check, before any training step, that the labeled cases can be trained on.
 
@@ -75,10 +84,7 @@ def check_labeled_cases(reader: CaseReader, case_ids: Sequence[str], cfg: DataCo
     ids = list(dict.fromkeys(case_ids))
     if not ids:
         raise DataError(f"data.split leaves no {what} data (under {cfg.root})")
-    missing = [c for c in ids if not reader.has_label(c)]
-    if missing:
-        shown = ", ".join(reader.label_location(c) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise DataError(f"data.split: {len(missing)} of {len(ids)} {what} cases have no label file: {shown}")
+    require_labels(reader, ids, what)
     for case_id in ids:
         if np.any(reader.read_label(case_id) > 0):
             return

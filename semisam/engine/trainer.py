@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from semisam import distributed
 from semisam.config.loader import config_to_dict, save_config
 from semisam.config.schema import ConfigError, RunConfig
-from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices
+from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices, require_labels
 from semisam.data.fusion import fuse_priors, student_in_channels
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
@@ -92,6 +92,7 @@ class Trainer:
 
         self.reader = build_reader(cfg.data)
         self.split: Split = resolve_split(cfg.data, self.reader.case_ids())
+        require_labels(self.reader, self.split.val, "val")  # before any step, not at the first validation
         self.method = build_method(cfg)
         self.labeled_items = expand_to_slices(self.reader, self.split.labeled)
         self.unlabeled_items = expand_to_slices(self.reader, self.split.unlabeled) if self.method.uses_unlabeled else []

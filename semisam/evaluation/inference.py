@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from semisam.config.schema import DataConfig, EvalConfig, PriorsConfig
-from semisam.data.dataset import CaseLoader, PriorSource
-from semisam.data.errors import DataError
+from semisam.data.dataset import CaseLoader, PriorSource, require_labels
 from semisam.data.fusion import fuse_priors, more_confident
 from semisam.data.readers import CaseReader
 from semisam.evaluation.metrics import MetricAccumulator
@@ -134,10 +133,7 @@ def evaluate_cases(
     """
     from tqdm.auto import tqdm
 
-    missing = [c for c in case_ids if not reader.has_label(c)]
-    if missing:
-        shown = ", ".join(reader.label_location(c) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise DataError(f"{len(missing)} of {len(case_ids)} cases to evaluate have no label file: {shown}")
+    require_labels(reader, case_ids, "evaluated")
 
     was_training = model.training
     model.eval()
