@@ -100,6 +100,8 @@ def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_r
     with (tmp_path / "run" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["iteration"] for r in rows if r["tag"] == "pseudo/skipped"] == ["2", "4"]
+    timed = [r for r in rows if r["tag"] == "time/refresh_s"]  # a skipped refresh still costs its calibration
+    assert [r["iteration"] for r in timed] == ["2", "4"] and all(float(r["value"]) > 0 for r in timed)
     assert all(float(r["value"]) == 0 for r in rows if r["tag"] == "pseudo/batch_fraction_kept")
 
 

@@ -137,6 +137,7 @@ class PseudoLabelRefresher:
                 self.trusted = trusted
             if not model_dice >= pl.min_model_dice:  # NaN too: the model finds nothing to prompt from
                 scalars["pseudo/skipped"] = 1.0
+                scalars["time/refresh_s"] = time.perf_counter() - tic  # the calibration cost a skipped one too
                 log.scalars(iteration, scalars)
                 logger.warning(
                     "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the labeled calibration "
