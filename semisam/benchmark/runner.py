@@ -193,7 +193,7 @@ def save_results_figure(path: Path, table: dict, title: str) -> None:
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("Dice (test)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=min(len(methods), 5), loc="upper left")
+    ax.legend(fontsize=7, ncol=min(len(methods), 3), loc="upper left")
     fig.tight_layout()
     save_figure(fig, path)
 
