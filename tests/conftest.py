@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 
@@ -44,3 +47,19 @@ def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` (H, W) or (H, W, 3) uint8 as a PNG, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def write_h5(path: Path, **datasets: np.ndarray) -> Path:
+    """Write an h5 file with one dataset per keyword (the SSL4MIS layout: ``image``, ``label``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for key, value in datasets.items():
+            f.create_dataset(key, data=value)
+    return path

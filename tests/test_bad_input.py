@@ -20,7 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -38,7 +37,7 @@ from semisam.engine.checkpoint import CheckpointError, load_checkpoint, load_mod
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest, teacher_identity
 from semisam.teacher.checkpoints import SAM_CHECKPOINTS, TeacherError, resolve_checkpoint
 
-from .conftest import REPO, tiny_overrides
+from .conftest import REPO, tiny_overrides, write_h5, write_png
 
 DEMO = REPO / "configs" / "demo.yaml"
 
@@ -51,20 +50,6 @@ DEMO = REPO / "configs" / "demo.yaml"
 def _data_cfg(root: Path, fmt: str, **kw) -> DataConfig:
     kw.setdefault("num_classes", 4)
     return DataConfig(name="bad", format=fmt, root=str(root), **kw)
-
-
-def _png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
-def _h5(path: Path, **datasets: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        for key, value in datasets.items():
-            f.create_dataset(key, data=value)
-    return path
 
 
 def _nifti(path: Path, array: np.ndarray) -> Path:
@@ -104,7 +89,7 @@ def _copy_phantom(phantom_root: Path, tmp_path: Path) -> Path:
 
 
 def _truncated_png(tmp_path: Path):
-    _cut_in_half(_png(tmp_path / "images" / "c.png", _noise((64, 64))))
+    _cut_in_half(write_png(tmp_path / "images" / "c.png", _noise((64, 64))))
     return _data_cfg(tmp_path, "folder"), "c", "read_image", "c.png", "cannot read image"
 
 
@@ -117,7 +102,7 @@ def _truncated_jpg(tmp_path: Path):
 
 
 def _garbage_mask(tmp_path: Path):
-    _png(tmp_path / "images" / "c.png", _noise((8, 8)))
+    write_png(tmp_path / "images" / "c.png", _noise((8, 8)))
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "c.png").write_bytes(b"\x89PNG but not really" * 10)
     return _data_cfg(tmp_path, "folder"), "c", "read_label", "masks/c.png", "cannot read image"
@@ -131,7 +116,7 @@ def _garbage_h5(tmp_path: Path):
 
 def _truncated_h5(tmp_path: Path):
     image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
-    _cut_in_half(_h5(tmp_path / "data" / "c.h5", image=image, label=np.zeros((64, 64), np.uint8)))
+    _cut_in_half(write_h5(tmp_path / "data" / "c.h5", image=image, label=np.zeros((64, 64), np.uint8)))
     return _data_cfg(tmp_path, "ssl4mis_h5"), "c", "read_label", "c.h5", "truncated or not HDF5"
 
 
@@ -184,13 +169,13 @@ def test_unreadable_or_truncated_files(tmp_path, make):
 
 
 def _mismatch_folder(tmp_path: Path):
-    _png(tmp_path / "images" / "c.png", _noise((8, 9)))
-    _png(tmp_path / "masks" / "c.png", np.zeros((9, 8), np.uint8))
+    write_png(tmp_path / "images" / "c.png", _noise((8, 9)))
+    write_png(tmp_path / "masks" / "c.png", np.zeros((9, 8), np.uint8))
     return _data_cfg(tmp_path, "folder"), "masks/c.png", "does not match the image c.png"
 
 
 def _mismatch_h5(tmp_path: Path):
-    _h5(tmp_path / "data" / "c.h5", image=np.ones((4, 5), np.float32), label=np.zeros((4, 6), np.uint8))
+    write_h5(tmp_path / "data" / "c.h5", image=np.ones((4, 5), np.float32), label=np.zeros((4, 6), np.uint8))
     return _data_cfg(tmp_path, "ssl4mis_h5"), "c.h5", "does not match image shape"
 
 
@@ -217,8 +202,8 @@ def test_image_label_size_mismatch(tmp_path, make):
 def test_label_values_outside_the_classes(tmp_path):
     mask = np.zeros((6, 6), np.uint8)
     mask[1:4, 1:4] = 255
-    _png(tmp_path / "images" / "c.png", _noise((6, 6)))
-    _png(tmp_path / "masks" / "c.png", mask)
+    write_png(tmp_path / "images" / "c.png", _noise((6, 6)))
+    write_png(tmp_path / "masks" / "c.png", mask)
     with pytest.raises(DataError) as err:
         build_reader(_data_cfg(tmp_path, "folder", num_classes=2)).read_label("c")
     message = str(err.value)
@@ -228,7 +213,7 @@ def test_label_values_outside_the_classes(tmp_path):
     label = build_reader(_data_cfg(tmp_path, "folder", num_classes=2, label_threshold=127)).read_label("c")
     np.testing.assert_array_equal(label, (mask > 127).astype(np.int64))
 
-    _h5(tmp_path / "data" / "h.h5", image=np.ones((2, 2), np.float32), label=np.array([[0, 3], [1, 2]], np.uint8))
+    write_h5(tmp_path / "data" / "h.h5", image=np.ones((2, 2), np.float32), label=np.array([[0, 3], [1, 2]], np.uint8))
     with pytest.raises(DataError, match=r"h\.h5: label values \[3\] are outside \[0, 3\)"):
         build_reader(_data_cfg(tmp_path, "ssl4mis_h5", num_classes=3)).read_label("h")
     root = _nnunet_root(tmp_path / "nn")
@@ -248,7 +233,7 @@ def test_nan_and_inf_images_are_errors(tmp_path):
     tifffile.imwrite(tmp_path / "images" / "n.tif", np.array([[1.0, np.nan], [np.inf, 3.0]], np.float32))
     with pytest.raises(DataError, match=r"images/n\.tif: image holds 2 NaN/inf values"):
         build_reader(_data_cfg(tmp_path, "folder")).read_image("n")
-    _h5(tmp_path / "data" / "h.h5", image=np.full((3, 3), np.nan, np.float32))
+    write_h5(tmp_path / "data" / "h.h5", image=np.full((3, 3), np.nan, np.float32))
     with pytest.raises(DataError, match=r"h\.h5: image is entirely NaN/inf"):
         build_reader(_data_cfg(tmp_path, "ssl4mis_h5")).read_image("h")
     root = _nnunet_root(tmp_path / "nn")
@@ -264,7 +249,7 @@ def test_a_constant_image_is_used_with_one_warning(tmp_path, caplog):
     warning, logged once per file, and it normalises to zeros."""
     from semisam.data.transforms import normalize_intensity
 
-    _png(tmp_path / "images" / "flat.png", np.full((5, 5), 40, np.uint8))
+    write_png(tmp_path / "images" / "flat.png", np.full((5, 5), 40, np.uint8))
     reader = build_reader(_data_cfg(tmp_path, "folder"))
     with caplog.at_level(logging.WARNING, logger="semisam"):
         for _ in range(3):
@@ -281,8 +266,8 @@ def test_a_constant_image_is_used_with_one_warning(tmp_path, caplog):
 
 def _folder_with_masks(root: Path, masks: dict[str, np.ndarray]) -> None:
     for case, mask in masks.items():
-        _png(root / "images" / f"{case}.png", _noise(mask.shape, seed=len(case)))
-        _png(root / "masks" / f"{case}.png", mask)
+        write_png(root / "images" / f"{case}.png", _noise(mask.shape, seed=len(case)))
+        write_png(root / "masks" / f"{case}.png", mask)
 
 
 def test_empty_masks_are_fine_unless_every_labeled_mask_is_empty(tmp_path):
@@ -317,7 +302,7 @@ def test_all_empty_labeled_split_stops_training_before_a_step(phantom_root, tmp_
     cfg = load_config(DEMO, tiny_overrides(root, tmp_path / "run", **{"method.name": "supervised"}))
     labeled = resolve_split(cfg.data, build_reader(cfg.data).case_ids()).labeled
     for case in labeled:
-        _png(root / "masks" / f"{case}.png", np.zeros((32, 32), np.uint8))
+        write_png(root / "masks" / f"{case}.png", np.zeros((32, 32), np.uint8))
     with pytest.raises(DataError, match=r"every label of the 6 labeled cases is background only"):
         Trainer(cfg, progress=False).fit()
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -18,6 +17,8 @@ from semisam.data.errors import DataError
 from semisam.data.phantom import make_phantom
 from semisam.data.readers import FolderReader, NnUNetReader, SSL4MISH5Reader, build_reader
 
+from .conftest import write_h5, write_png
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"real benchmark data not found at {SHARED_DATA}"
@@ -27,12 +28,6 @@ needs_shared_data = pytest.mark.skipif(
 def _cfg(root: Path, fmt: str, **kw) -> DataConfig:
     kw.setdefault("num_classes", 4)
     return DataConfig(name="test", format=fmt, root=str(root), **kw)
-
-
-def _png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -66,10 +61,10 @@ def test_folder_reads_phantom_as_stored(phantom_folder):
 def test_folder_rgb_gray_alpha_and_channel_conversion(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    _png(tmp_path / "images" / "rgb.png", rgb)
-    _png(tmp_path / "images" / "rgba.png", np.dstack([rgb, np.full((5, 7), 9, np.uint8)]))
+    write_png(tmp_path / "images" / "rgb.png", rgb)
+    write_png(tmp_path / "images" / "rgba.png", np.dstack([rgb, np.full((5, 7), 9, np.uint8)]))
     gray = rng.integers(0, 256, (5, 7), dtype=np.uint8)
-    _png(tmp_path / "images" / "gray.png", gray)
+    write_png(tmp_path / "images" / "gray.png", gray)
 
     three = build_reader(_cfg(tmp_path, "folder", in_channels=3))
     np.testing.assert_array_equal(three.read_image("rgb"), rgb.transpose(2, 0, 1).astype(np.float32))
@@ -93,23 +88,23 @@ def test_folder_rgb_gray_alpha_and_channel_conversion(tmp_path):
 
 
 def test_folder_labels_threshold_first_channel_and_classes(tmp_path):
-    _png(tmp_path / "images" / "a.png", np.zeros((4, 6), np.uint8) + 7)
+    write_png(tmp_path / "images" / "a.png", np.zeros((4, 6), np.uint8) + 7)
     mask = np.zeros((4, 6), np.uint8)
     mask[1:3, 2:5] = 255
-    _png(tmp_path / "masks" / "a.png", mask)
+    write_png(tmp_path / "masks" / "a.png", mask)
     kvasir_like = build_reader(_cfg(tmp_path, "folder", num_classes=2, label_threshold=127))
     np.testing.assert_array_equal(kvasir_like.read_label("a"), (mask > 127).astype(np.int64))
 
     # An RGB mask: the first channel is the label.
     rgb_mask = np.dstack([mask // 255 * 3, np.full((4, 6), 200, np.uint8), np.zeros((4, 6), np.uint8)])
-    _png(tmp_path / "masks" / "a.png", rgb_mask)
+    write_png(tmp_path / "masks" / "a.png", rgb_mask)
     label = build_reader(_cfg(tmp_path, "folder")).read_label("a")
     assert label.dtype == np.int64
     np.testing.assert_array_equal(label, rgb_mask[..., 0])
 
 
 def test_folder_unlabeled_image_needs_no_label_file(tmp_path):
-    _png(tmp_path / "images" / "u1.png", np.arange(12, dtype=np.uint8).reshape(3, 4))
+    write_png(tmp_path / "images" / "u1.png", np.arange(12, dtype=np.uint8).reshape(3, 4))
     reader = build_reader(_cfg(tmp_path, "folder"))
     assert not (tmp_path / "masks").exists()
     assert reader.read_image("u1").shape == (1, 3, 4)
@@ -124,8 +119,8 @@ def test_folder_unlabeled_image_needs_no_label_file(tmp_path):
 
 
 def test_folder_duplicate_stems_and_suffixes(tmp_path):
-    _png(tmp_path / "images" / "a.png", np.zeros((4, 4), np.uint8))
-    _png(tmp_path / "images" / "b.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "images" / "a.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "images" / "b.png", np.zeros((4, 4), np.uint8))
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "a.jpg")
     (tmp_path / "images" / "notes.txt").write_text("ignored")
     with pytest.raises(DataError, match=r"images.*id 'a'.*a\.jpg.*a\.png"):
@@ -135,8 +130,8 @@ def test_folder_duplicate_stems_and_suffixes(tmp_path):
 
 
 def test_folder_custom_suffixes(tmp_path):
-    _png(tmp_path / "img" / "c1_img.png", np.full((3, 3), 5, np.uint8))
-    _png(tmp_path / "lab" / "c1_seg.png", np.eye(3, dtype=np.uint8))
+    write_png(tmp_path / "img" / "c1_img.png", np.full((3, 3), 5, np.uint8))
+    write_png(tmp_path / "lab" / "c1_seg.png", np.eye(3, dtype=np.uint8))
     cfg = _cfg(tmp_path, "folder", image_dir="img", label_dir="lab", image_suffix="_img.png", label_suffix="_seg.png")
     reader = build_reader(cfg)
     assert reader.case_ids() == ["c1"]
@@ -153,12 +148,12 @@ def test_folder_tiff_read_with_tifffile_when_pil_cannot(tmp_path):
 
 def test_folder_errors(tmp_path, caplog):
     rng = np.random.default_rng(2)
-    _png(tmp_path / "images" / "trunc.png", rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    write_png(tmp_path / "images" / "trunc.png", rng.integers(0, 256, (64, 64), dtype=np.uint8))
     _truncate(tmp_path / "images" / "trunc.png")
-    _png(tmp_path / "images" / "big.png", np.zeros((8, 9), np.uint8))
-    _png(tmp_path / "masks" / "big.png", np.zeros((9, 8), np.uint8))
-    _png(tmp_path / "images" / "range.png", np.zeros((4, 4), np.uint8))
-    _png(tmp_path / "masks" / "range.png", np.array([[0, 1], [5, 255]], np.uint8).repeat(2, 0).repeat(2, 1))
+    write_png(tmp_path / "images" / "big.png", np.zeros((8, 9), np.uint8))
+    write_png(tmp_path / "masks" / "big.png", np.zeros((9, 8), np.uint8))
+    write_png(tmp_path / "images" / "range.png", np.zeros((4, 4), np.uint8))
+    write_png(tmp_path / "masks" / "range.png", np.array([[0, 1], [5, 255]], np.uint8).repeat(2, 0).repeat(2, 1))
     tifffile.imwrite(tmp_path / "images" / "nan.tif", np.array([[1.0, np.nan], [2.0, 3.0]], np.float32))
     tifffile.imwrite(tmp_path / "images" / "allnan.tif", np.full((2, 2), np.nan, np.float32))
     tifffile.imwrite(tmp_path / "images" / "flat.tif", np.full((2, 2), 4.0, np.float32))
@@ -339,14 +334,6 @@ def test_nnunet_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _h5(path: Path, **datasets: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        for key, value in datasets.items():
-            f.create_dataset(key, data=value)
-    return path
-
-
 def test_h5_phantom_slices_and_volumes(tmp_path):
     root = make_phantom(tmp_path, num_cases=3, size=32, layout="ssl4mis_h5", num_val=1, num_test=1)
     reader = build_reader(_cfg(root, "ssl4mis_h5"))
@@ -365,7 +352,7 @@ def test_h5_phantom_slices_and_volumes(tmp_path):
 
 def test_h5_reads_only_the_key_it_needs(tmp_path):
     image = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
-    _h5(tmp_path / "data" / "unlab.h5", image=image)  # an unlabeled slice: no label dataset
+    write_h5(tmp_path / "data" / "unlab.h5", image=image)  # an unlabeled slice: no label dataset
     reader = build_reader(_cfg(tmp_path, "ssl4mis_h5"))
     np.testing.assert_array_equal(reader.read_image("unlab"), image[None])
     with pytest.raises(DataError, match=r"unlab\.h5.*no dataset 'label'"):
@@ -375,16 +362,16 @@ def test_h5_reads_only_the_key_it_needs(tmp_path):
 
 
 def test_h5_errors(tmp_path):
-    _h5(tmp_path / "data" / "size.h5", image=np.ones((4, 5), np.float32), label=np.zeros((5, 4), np.uint8))
-    _h5(
+    write_h5(tmp_path / "data" / "size.h5", image=np.ones((4, 5), np.float32), label=np.zeros((5, 4), np.uint8))
+    write_h5(
         tmp_path / "data" / "range.h5",
         image=np.ones((2, 2), np.float32),
         label=np.array([[0, 7], [1, 2]], np.uint8),
     )
-    _h5(tmp_path / "data" / "nan.h5", image=np.array([[0, np.nan], [1, 2]], np.float32))
-    _h5(tmp_path / "data" / "allnan.h5", image=np.full((2, 2), np.nan, np.float32))
+    write_h5(tmp_path / "data" / "nan.h5", image=np.array([[0, np.nan], [1, 2]], np.float32))
+    write_h5(tmp_path / "data" / "allnan.h5", image=np.full((2, 2), np.nan, np.float32))
     big = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
-    _truncate(_h5(tmp_path / "data" / "trunc.h5", image=big, label=np.zeros((64, 64), np.uint8)))
+    _truncate(write_h5(tmp_path / "data" / "trunc.h5", image=big, label=np.zeros((64, 64), np.uint8)))
     reader = build_reader(_cfg(tmp_path, "ssl4mis_h5"))
     with pytest.raises(DataError, match=r"size\.h5.*label shape \(5, 4\).*image shape \(4, 5\)"):
         reader.read_label("size")
