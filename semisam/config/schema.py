@@ -116,7 +116,7 @@ class StudentConfig:
 
     arch: str = "basic_unet"
     features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    dropout: float = 0.0
+    dropout: float = 0.0  # in every conv block, before the activation; > 0 warns (batch-norm variance shift)
     encoder: str = "resnet18"  # timm_unet only
     pretrained: bool = False  # timm_unet only: needs the weights locally (no download here)
 
