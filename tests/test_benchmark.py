@@ -127,6 +127,13 @@ def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
     assert again["teacher_cache"]["computed_cases"] == 0
     assert again["table"] == results["table"]
+    assert all(r["git_commit"] == results["git_commit"] for r in again["runs"])
+
+    # a scored run is not reused under another config: its result would be another experiment's
+    changed = [*overrides, "method.dice_weight=0.7"]
+    with pytest.raises(ConfigError, match=r"supervised/seed0 was scored with another config.*method.dice_weight"):
+        BenchmarkRunner(protocol, scale, methods, [0], out, changed, False, configs, tiny_teacher).run("test")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
 
 
 def test_seeds_change_the_runs_but_not_the_protocol(tmp_path, phantom_protocol):

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
 from semisam.benchmark.protocols import CONFIGS_DIR, MethodVariant, Protocol, Scale
-from semisam.config.loader import load_config
-from semisam.config.schema import RunConfig
+from semisam.config.loader import config_differences, load_config
+from semisam.config.schema import ConfigError, RunConfig
 from semisam.evaluation.figures import save_figure
 from semisam.utils import atomic_write_text
 from semisam.version import environment_info
@@ -54,6 +55,7 @@ class RunRecord:
     eval_seconds: float | None = None
     refresh_seconds: float | None = None
     best_iteration: int | None = None
+    git_commit: str | None = None  # the code that trained it (None in records written before it was kept)
 
     @property
     def refresh_share(self) -> float | None:
@@ -283,6 +285,7 @@ class BenchmarkRunner:
         summary_path = run_dir / "eval_test" / "summary.json"
         record_path = run_dir / "benchmark_run.json"
         if summary_path.exists() and record_path.exists():
+            self._check_scored_config(cfg, run_dir)
             logger.info("%s seed %d: already scored, reading %s", method.name, seed, summary_path)
             saved = json.loads(record_path.read_text())
             return RunRecord(summary=json.loads(summary_path.read_text()), **saved)
@@ -302,6 +305,7 @@ class BenchmarkRunner:
             eval_seconds=time.perf_counter() - tic,
             refresh_seconds=refresh_seconds(run_dir),
             best_iteration=result.best_iteration,
+            git_commit=environment_info()["git_commit"],
         )
         saved = {k: v for k, v in asdict(record).items() if k != "summary"}
         atomic_write_text(record_path, json.dumps(saved, indent=2))
@@ -313,6 +317,23 @@ class BenchmarkRunner:
             result.best_iteration,
         )
         return record
+
+    @staticmethod
+    def _check_scored_config(cfg: RunConfig, run_dir: Path) -> None:
+        """A scored run is reused only if it was trained with the config this benchmark would use now."""
+        from semisam.engine.trainer import RESUMABLE_DIFFERENCES
+
+        saved_path = run_dir / "config.yaml"
+        if not saved_path.exists():
+            raise ConfigError(f"{run_dir} is scored but has no config.yaml, so its settings cannot be checked")
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+        differing = config_differences(cfg, saved, RESUMABLE_DIFFERENCES)  # type: ignore[arg-type]
+        if differing:
+            raise ConfigError(
+                f"{run_dir} was scored with another config than this benchmark now builds (older code or other "
+                f"overrides), so its result would be mixed with runs of this one. Differences: "
+                f"{'; '.join(differing[:6])}. Give --out another folder, or delete that run directory."
+            )
 
     def run(self, command: str = "") -> dict:
         """Everything: cache, runs, then ``results.json``, ``results.md`` and ``dice.png``. Returns the results."""
@@ -347,11 +368,13 @@ class BenchmarkRunner:
             "runs": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in records],
         }
         atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
+        trained_by = sorted({r.git_commit for r in records if r.git_commit} - {env["git_commit"]})
+        commits = results["git_commit"] + (f" (runs read back from {', '.join(trained_by)})" if trained_by else "")
         header = (
             f"# {self.protocol.name}, scale {self.scale.name}\n\n"
             f"{self.protocol.description}; {self.scale.description}. Test split ({results['num_cases']} cases), "
             f"best checkpoint on val. Distances in {units}.\n\n"
-            f"- command: `{command}`\n- machine: {results['machine']}\n- commit: {results['git_commit']}\n"
+            f"- command: `{command}`\n- machine: {results['machine']}\n- commit: {commits}\n"
             f"- date: {results['date']}\n\n"
         )
         atomic_write_text(self.out_dir / "results.md", header + format_table(table, units))

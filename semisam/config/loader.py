@@ -105,3 +105,32 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     from semisam.utils import atomic_write_text
 
     atomic_write_text(Path(path), OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def config_differences(cfg: RunConfig, saved: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """The settings in which ``cfg`` differs from ``saved`` (a :func:`config_to_dict` of another run).
+
+    Returns one ``"key: old -> new"`` string per differing leaf, in schema order; keys in ``ignore`` are not
+    compared, and a key the saved config lacks (written by an older version) reads as ``'<absent>'``.
+    """
+    now, then = OmegaConf.create(config_to_dict(cfg)), OmegaConf.create(saved)
+    differing = []
+    for key in _flat_keys(now):
+        if key in ignore:
+            continue
+        old, new = OmegaConf.select(then, key, default="<absent>"), OmegaConf.select(now, key)
+        if old != new:
+            differing.append(f"{key}: {old!r} -> {new!r}")
+    return differing
+
+
+def _flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        full = f"{prefix}{key}"
+        value = node[key]
+        if OmegaConf.is_dict(value):
+            keys.extend(_flat_keys(value, f"{full}."))
+        else:
+            keys.append(full)
+    return keys

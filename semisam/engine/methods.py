@@ -82,9 +82,11 @@ class MeanTeacher(Method):
             raise ValueError(f"{self.cfg.method.name} needs an EMA model and an unlabeled batch")
         m = self.cfg.method
         num_labeled = labeled["image"].shape[0]
-        # One forward pass over labeled + unlabeled images, as SSL4MIS does (shared batch-norm statistics).
-        logits = model(torch.cat([labeled["image"], unlabeled["image"]]))
-        logits_l, logits_u = logits[:num_labeled], logits[num_labeled:]
+        if m.forward == "joint":  # one pass, as SSL4MIS does: batch norm shares statistics across both batches
+            logits = model(torch.cat([labeled["image"], unlabeled["image"]]))
+            logits_l, logits_u = logits[:num_labeled], logits[num_labeled:]
+        else:  # each batch normalised by its own statistics
+            logits_l, logits_u = model(labeled["image"]), model(unlabeled["image"])
         sup = self.supervised_loss(logits_l, labeled["label"])
         loss = sup
         logs = {"loss/supervised": float(sup.detach())}

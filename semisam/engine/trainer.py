@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from semisam import distributed
-from semisam.config.loader import config_to_dict, save_config
+from semisam.config.loader import config_differences, config_to_dict, save_config
 from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices, require_labels
 from semisam.data.fusion import fuse_priors, student_in_channels
@@ -186,16 +185,7 @@ class Trainer:
         return rank_rng[distributed.rank()] if rank_rng else state["rng"]
 
     def _check_same_config(self, saved: dict, path: Path) -> None:
-        now = OmegaConf.create(config_to_dict(self.cfg))
-        then = OmegaConf.create(saved)
-        differing = []
-        for key in _flat_keys(now):
-            if key in RESUMABLE_DIFFERENCES:
-                continue
-            if OmegaConf.select(now, key) != OmegaConf.select(then, key, default="<absent>"):
-                differing.append(
-                    f"{key}: {OmegaConf.select(then, key, default='<absent>')!r} -> {OmegaConf.select(now, key)!r}"
-                )
+        differing = config_differences(self.cfg, saved, RESUMABLE_DIFFERENCES)
         if differing:
             raise ConfigError(
                 f"{path} was written by a run with another config; resuming would mix two experiments. "
@@ -409,15 +399,3 @@ class Trainer:
             rows.append(colorize(preview["unlabeled_pred"]))
             names.append("prediction")
             log.image_grid(f"train/unlabeled ({' | '.join(names)})", iteration, rows)
-
-
-def _flat_keys(node, prefix: str = "") -> list[str]:
-    keys = []
-    for key in node:
-        full = f"{prefix}{key}"
-        value = node[key]
-        if OmegaConf.is_dict(value):
-            keys.extend(_flat_keys(value, f"{full}."))
-        else:
-            keys.append(full)
-    return keys
