@@ -83,8 +83,8 @@ class MeanTeacher(Method):
         if ema is None or unlabeled is None:
             raise ValueError(f"{self.cfg.method.name} needs an EMA model and an unlabeled batch")
         m = self.cfg.method
-        num_labeled = labeled["image"].shape[0]
         if m.forward == "joint":  # one pass, as SSL4MIS does: batch norm shares statistics across both batches
+            num_labeled = labeled["image"].shape[0]
             logits = model(torch.cat([labeled["image"], unlabeled["image"]]))
             logits_l, logits_u = logits[:num_labeled], logits[num_labeled:]
         else:  # each batch normalised by its own statistics
