@@ -5,8 +5,8 @@ Protocols: acdc-3, acdc-7 (ACDC, SSL4MIS protocol: first 68 / 136 slices of trai
 checkpoint on val.list, the 40 test volumes scored in 3D), kvasir-5, kvasir-10 (Kvasir-SEG splits.json
 labeled_5pct / labeled_10pct, best on val, scored on test).
 Methods: supervised, mean_teacher, semisam_priors (priors only), semisam_pl (pseudo-labels only), semisam (full).
-Scales: cpu (1000 AdamW steps at 128x128, a reduced unlabeled pool: configs/benchmark/cpu_*.yaml; measured 6 to 17
-minutes per method on 2 CPU cores) and full (the literature's schedule, for a GPU).
+Scales: cpu (1000 AdamW steps at 128x128, a reduced unlabeled pool: configs/benchmark/cpu_*.yaml; measured 4.5 to 15
+minutes of training per method on 2 CPU cores at 0fa091b) and full (the literature's schedule, for a GPU).
 
 Every method gets the same student, schedule, split, seed and budget; the teacher cache is computed once. Writes
 <out>/results.md, results.json and dice.png, and keeps each run's config, checkpoints and eval_test/summary.json.
