@@ -8,7 +8,8 @@ Each method turns batches into a loss; the :class:`~semisam.engine.trainer.Train
   student's softmax on unlabeled images and the EMA model's softmax on the same images with Gaussian noise,
   ``w(t) = consistency_weight * exp(-5 (1 - t)^2)`` over the first ``consistency_rampup`` of the run.
   ``method.forward`` says whether the student sees the labeled and unlabeled batch in separate passes (the
-  default: batch norm normalises each with its own statistics) or in one joint pass as SSL4MIS does.
+  default: batch norm normalises each with its own statistics, and both passes update the running statistics used
+  at eval) or in one joint pass as SSL4MIS does.
 - ``semisam``: the mean-teacher loss (its consistency term off when ``consistency_weight`` is 0) + v(t) * a
   weighted Dice + CE towards the teacher's rectified pseudo-labels on unlabeled images, each pixel counted by
   its weight (0 where the rectification ignores it); v(t) ramps from 0 at the end of ``pseudo_labels.warmup``
