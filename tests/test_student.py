@@ -14,7 +14,12 @@ from semisam.config.schema import StudentConfig
 from semisam.student.unet import TimmUNet, build_student
 
 SMALL = [4, 8, 16, 32, 64]
-ARCHS = [("basic_unet", "resnet18"), ("timm_unet", "resnet18"), ("timm_unet", "efficientnet_b0")]
+ARCHS = [
+    ("basic_unet", "resnet18"),
+    ("res_unet", "resnet18"),
+    ("timm_unet", "resnet18"),
+    ("timm_unet", "efficientnet_b0"),
+]
 
 
 def _cfg(arch: str, encoder: str = "resnet18", **kw) -> StudentConfig:
@@ -79,6 +84,37 @@ def test_basic_unet_is_monai_with_ssl4mis_widths_and_batch_norm():
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     drops = [m.p for m in net.modules() if isinstance(m, nn.Dropout)]
     assert drops and all(p == 0.3 for p in drops)
+
+
+@pytest.mark.parametrize(("norm", "layer"), [("batch", nn.BatchNorm2d), ("instance", nn.InstanceNorm2d)])
+def test_res_unet_is_monai_unet_with_residual_units_and_the_chosen_norm(norm, layer):
+    from monai.networks.blocks import ResidualUnit
+    from monai.networks.nets import UNet
+
+    from semisam.student.unet import ResUNet
+
+    net = build_student(_cfg("res_unet", norm=norm, res_units=2), 3, 2)
+    assert isinstance(net, ResUNet) and isinstance(net.net, UNet) and net.stride == 16
+    assert any(isinstance(m, layer) for m in net.modules())
+    other = nn.InstanceNorm2d if layer is nn.BatchNorm2d else nn.BatchNorm2d
+    assert not any(isinstance(m, other) for m in net.modules())
+    assert sum(isinstance(m, ResidualUnit) for m in net.modules()) > 0
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 3 and sorted({c.out_channels for c in convs})[-1] == SMALL[-1]
+
+
+def test_instance_norm_makes_a_prediction_independent_of_its_batch():
+    """No running statistics: an image's logits do not depend on which images share its batch, in train or eval
+    mode (the batch-norm variance shift and the mixed-batch problem cannot arise)."""
+    torch.manual_seed(0)
+    net = build_student(_cfg("res_unet", norm="instance"), 1, 2)
+    x = torch.randn(4, 1, 32, 32)
+    for mode in (net.train, net.eval):
+        mode()
+        with torch.no_grad():
+            alone = net(x[:1])
+            together = net(torch.cat([x[:1], 5 * x[1:] + 3]))[:1]
+        torch.testing.assert_close(alone, together, atol=1e-5, rtol=1e-4)
 
 
 def test_timm_unet_decoder_widths_follow_features():

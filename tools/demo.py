@@ -50,7 +50,7 @@ def main() -> None:
     )
     print(f"teacher cache: {report.root} ({len(report.computed)} cases computed, {report.skipped} reused)")
     result = Trainer(cfg, progress=not args.no_progress, teacher=teacher).fit()
-    summary = evaluate_checkpoint(result.best_checkpoint, "test", progress=not args.no_progress)
+    summary = evaluate_checkpoint(result.checkpoint, "test", progress=not args.no_progress)
     out = result.run_dir / "eval_test"
     print(format_summary(summary))
     print(

@@ -32,7 +32,7 @@ def main() -> None:
             print(
                 f"done: {result.iterations} iterations, best val Dice {result.best_metric:.4f} at "
                 f"{result.best_iteration}; evaluate with: "
-                f"python tools/evaluate.py --checkpoint {result.best_checkpoint}"
+                f"python tools/evaluate.py --checkpoint {result.checkpoint}"
             )
 
 

@@ -5,7 +5,9 @@ Layout of ``<out_dir>`` (one folder per protocol and scale)::
     <out_dir>/
       cache/                            the teacher's embeddings and priors, computed once, shared by all methods
       <method>/seed<s>/                 a normal run directory (config.yaml, checkpoints/, tensorboard/, ...)
-      <method>/seed<s>/eval_test/       summary.json, metrics_per_case.csv, figures of the best checkpoint
+      <method>/seed<s>/eval_test/       summary.json, metrics_per_case.csv, figures of the run's checkpoint
+                                        (eval.checkpoint: last or best)
+      <method>/seed<s>/eval_test_<other>/   the same for the other checkpoint (how much selection matters)
       <method>/seed<s>/benchmark_run.json   wall-clock seconds of training / evaluation, refresh seconds
       results.json, results.md, dice.png    the table (mean and spread over seeds) and the figure
 
@@ -56,6 +58,8 @@ class RunRecord:
     refresh_seconds: float | None = None
     best_iteration: int | None = None
     git_commit: str | None = None  # the code that trained it (None in records written before it was kept)
+    checkpoint: str = "best"  # which checkpoint ``summary`` scores (records before eval.checkpoint: best)
+    other_dice: float | None = None  # test foreground Dice of the other checkpoint (last <-> best)
 
     @property
     def refresh_share(self) -> float | None:
@@ -133,6 +137,8 @@ def aggregate(records: Sequence[RunRecord], methods: Sequence[str]) -> dict:
             },
             "refresh_share": _stats([r.refresh_share for r in runs]),
             "train_minutes": _stats([None if r.train_seconds is None else r.train_seconds / 60 for r in runs]),
+            "checkpoint": runs[0].checkpoint,
+            "other_dice": _stats([r.other_dice for r in runs]),
         }
     return out
 
@@ -153,13 +159,15 @@ def format_table(table: dict, units: str) -> str:
         return "(no finished runs)\n"
     classes = list(next(iter(table.values()))["dice_per_class"])
     head = ["method", "seeds", "Dice (fg mean)", *[f"Dice {c}" for c in classes]]
-    head += [f"HD95 ({units})", f"ASD ({units})", "train min", "refresh share"]
+    other = "best" if next(iter(table.values())).get("checkpoint", "best") == "last" else "last"
+    head += [f"HD95 ({units})", f"ASD ({units})", f"Dice with {other}.pt", "train min", "refresh share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         share = row["refresh_share"]
         cells = [name, str(len(row["seeds"])), _cell(row["foreground"]["dice"], 3)]
         cells += [_cell(row["dice_per_class"][c], 3) for c in classes]
         cells += [_cell(row["foreground"]["hd95"], 1), _cell(row["foreground"]["asd"], 1)]
+        cells += [_cell(row.get("other_dice", {"mean": None}), 3)]
         cells += [_cell(row["train_minutes"], 1), "n/a" if share["mean"] is None else f"{100 * share['mean']:.0f} %"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -295,7 +303,14 @@ class BenchmarkRunner:
         result = Trainer(cfg, progress=self.progress, teacher=self.teacher).fit()
         train_seconds = time.perf_counter() - tic
         tic = time.perf_counter()
-        summary = evaluate_checkpoint(result.best_checkpoint, split="test", progress=self.progress)
+        summary = evaluate_checkpoint(result.checkpoint, split="test", progress=self.progress)
+        other = "best" if result.selected == "last" else "last"
+        other_summary = evaluate_checkpoint(
+            result.best_checkpoint if other == "best" else result.last_checkpoint,
+            split="test",
+            out_dir=run_dir / f"eval_test_{other}",
+            progress=False,
+        )
         record = RunRecord(
             method=method.name,
             seed=seed,
@@ -306,14 +321,19 @@ class BenchmarkRunner:
             refresh_seconds=refresh_seconds(run_dir),
             best_iteration=result.best_iteration,
             git_commit=environment_info()["git_commit"],
+            checkpoint=result.selected,
+            other_dice=other_summary["foreground_mean"]["dice"],
         )
         saved = {k: v for k, v in asdict(record).items() if k != "summary"}
         atomic_write_text(record_path, json.dumps(saved, indent=2))
         logger.info(
-            "%s seed %d: test Dice %.4f (best checkpoint at iteration %d)",
+            "%s seed %d: test Dice %.4f with %s.pt (%s.pt: %.4f; best val at iteration %d)",
             method.name,
             seed,
             summary["foreground_mean"]["dice"],
+            result.selected,
+            other,
+            record.other_dice,
             result.best_iteration,
         )
         return record
@@ -370,10 +390,13 @@ class BenchmarkRunner:
         atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         trained_by = sorted({r.git_commit for r in records if r.git_commit} - {env["git_commit"]})
         commits = results["git_commit"] + (f" (runs read back from {', '.join(trained_by)})" if trained_by else "")
+        scored = sorted({r.checkpoint for r in records}) or ["?"]
+        which = {"last": "the last checkpoint", "best": "the checkpoint with the best val Dice"}
         header = (
             f"# {self.protocol.name}, scale {self.scale.name}\n\n"
             f"{self.protocol.description}; {self.scale.description}. Test split ({results['num_cases']} cases), "
-            f"best checkpoint on val. Distances in {units}.\n\n"
+            f"scoring {' / '.join(which.get(c, c) for c in scored)}; mean ± sample std over seeds. "
+            f"Distances in {units}.\n\n"
             f"- command: `{command}`\n- machine: {results['machine']}\n- commit: {commits}\n"
             f"- date: {results['date']}\n\n"
         )

@@ -14,13 +14,15 @@ from omegaconf import MISSING
 
 DATA_FORMATS = ("folder", "nnunet", "ssl4mis_h5")
 MODALITIES = ("mr", "ct", "rgb", "none")
-STUDENT_ARCHS = ("basic_unet", "timm_unet")
+STUDENT_ARCHS = ("basic_unet", "res_unet", "timm_unet")
+STUDENT_NORMS = ("batch", "instance")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("poly", "cosine", "constant")
 METHODS = ("supervised", "mean_teacher", "semisam")
 STUDENT_FORWARDS = ("joint", "separate")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 INFERENCE_MODES = ("resize", "sliding_window")
+CHECKPOINT_CHOICES = ("last", "best")
 EVAL_METRICS = ("dice", "iou", "hd95", "asd")
 TEACHER_KINDS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
 TEACHER_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -78,6 +80,7 @@ class AugmentationConfig:
     rotate90: bool = True
     rotate_limit: float = 20.0  # degrees; 0 disables the small-angle rotation
     scale_limit: float = 0.0  # fraction, e.g. 0.1 for +-10 %
+    weak_brightness_contrast: float = 0.2  # every training sample, image channels only; 0 disables
     brightness_contrast: float = 0.2  # strong only
     gamma: bool = True  # strong only
     gaussian_noise: float = 0.05  # strong only; std in normalised intensity units
@@ -107,16 +110,23 @@ class DataConfig:
     slice_axis: int = 2  # axis of the (X, Y, Z) NIfTI array along which volumes are cut into 2D slices
     split: SplitConfig = field(default_factory=SplitConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    num_workers: int = 2  # data-loading workers per process
+    # Hold every training slice in memory, decoded, normalised and at image_size (semisam.data.memory): a step
+    # then only augments. false reads each sample from disk (for sets that do not fit in memory).
+    in_memory: bool = True
+    num_workers: int = 0  # data-loading workers per process (0: in the main process, fastest with in_memory)
     cache_cases: int = 8  # volumes kept in memory per worker when slicing 3D cases
 
 
 @dataclass
 class StudentConfig:
-    """The student network: MONAI's BasicUNet or a U-Net on a timm encoder."""
+    """The student network: MONAI's BasicUNet, MONAI's residual UNet, or a U-Net on a timm encoder."""
 
     arch: str = "basic_unet"
     features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    res_units: int = 2  # res_unet only: residual units per level
+    # Normalisation layers of the U-Net's own blocks (a timm encoder keeps its own): batch (SSL4MIS) or instance
+    # (per image and channel: no running statistics, so nothing to misfit at eval; MONAI UNet's default).
+    norm: str = "batch"
     dropout: float = 0.0  # in every conv block, before the activation; > 0 warns (batch-norm variance shift)
     encoder: str = "resnet18"  # timm_unet only
     pretrained: bool = False  # timm_unet only: needs the weights locally (no download here)
@@ -173,6 +183,9 @@ class EvalConfig:
     """How students are scored."""
 
     inference: str = "resize"  # resize each slice to data.image_size, or sliding_window at native size
+    # Which checkpoint stands for a run (tools/train.py's hint, the benchmark, the demo): ``last`` (the weights at
+    # the end of the annealed schedule) or ``best`` (best validation Dice). Both are always written.
+    checkpoint: str = "last"
     batch_size: int = 16  # slices per forward pass
     metrics: list[str] = field(default_factory=lambda: ["dice", "iou", "hd95", "asd"])
     val_metrics: list[str] = field(default_factory=lambda: ["dice"])  # during training
@@ -319,6 +332,11 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"data.image_size={list(d.image_size)} must be two sizes >= 16 (H, W)")
     if len(d.clip_percentiles) != 2 or not 0 <= d.clip_percentiles[0] < d.clip_percentiles[1] <= 100:
         raise ConfigError(f"data.clip_percentiles={list(d.clip_percentiles)} must be [low, high] in 0..100")
+    if not 0 <= d.augmentation.weak_brightness_contrast < 1:
+        raise ConfigError(
+            f"data.augmentation.weak_brightness_contrast={d.augmentation.weak_brightness_contrast} must be in [0, 1)"
+        )
+    _positive("data.num_workers", d.num_workers, allow_zero=True)
     s = d.split
     given = [k for k in ("labeled", "labeled_count", "labeled_fraction") if _is_set(getattr(s, k))]
     if len(given) > 1:
@@ -335,6 +353,8 @@ def validate_config(cfg: RunConfig) -> None:
     _choice("student.arch", st.arch, STUDENT_ARCHS)
     if len(st.features) < 2 or min(st.features) <= 0:
         raise ConfigError(f"student.features={list(st.features)} needs at least two positive widths")
+    _positive("student.res_units", st.res_units, allow_zero=True)
+    _choice("student.norm", st.norm, STUDENT_NORMS)
     if not 0 <= st.dropout < 1:
         raise ConfigError(f"student.dropout={st.dropout} must be in [0, 1)")
 
@@ -396,6 +416,7 @@ def validate_config(cfg: RunConfig) -> None:
 
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)
+    _choice("eval.checkpoint", e.checkpoint, CHECKPOINT_CHOICES)
     for name in list(e.metrics) + list(e.val_metrics):
         _choice("eval.metrics", name, EVAL_METRICS)
     if not e.val_metrics or "dice" not in e.val_metrics:

@@ -20,10 +20,12 @@ from torch.utils.data import Dataset, Sampler
 
 from semisam.config.schema import DataConfig
 from semisam.data.errors import DataError
+from semisam.data.memory import SliceStore, resize_maps
 from semisam.data.readers import CaseReader
 from semisam.data.transforms import (
     apply_joint,
     apply_photometric,
+    build_intensity_transform,
     build_photometric_transform,
     build_spatial_transform,
     normalize_intensity,
@@ -161,7 +163,12 @@ class SliceDataset(Dataset):
       the pseudo-label bank moved with the image (weight 0 everywhere while it has none) — only with a ``bank``;
     - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).
 
-    ``strong`` adds photometric augmentation of the image channels (after the joint spatial transform).
+    Where the maps come from: a :class:`~semisam.data.memory.SliceStore` (``store``, or one built here when
+    ``cfg.in_memory``), which holds every item already normalised and at the training size, so a sample is only
+    augmented; otherwise each sample is read from disk, augmented at its native size and then resized. Training
+    samples (``train``) get the weak pipeline: spatial transforms applied jointly to every map, then the
+    brightness/contrast jitter ``cfg.augmentation.weak_brightness_contrast`` on the image channels;
+    ``strong`` adds the photometric augmentation on top.
     A labeled dataset checks its cases at construction (:func:`check_labeled_cases`): labels exist and not all
     of them are background.
     """
@@ -176,6 +183,7 @@ class SliceDataset(Dataset):
         strong: bool = False,
         priors: PriorSource | None = None,
         bank: PseudoLabelSource | None = None,
+        store: SliceStore | None = None,
     ) -> None:
         if not items:
             raise ValueError(f"{'labeled' if labeled else 'unlabeled'} dataset of {cfg.name!r} has no items")
@@ -186,35 +194,71 @@ class SliceDataset(Dataset):
         self.labeled = labeled
         self.loader = CaseLoader(reader, cfg, priors)
         self.with_priors = priors is not None
+        if store is None and cfg.in_memory:
+            store = SliceStore.build(
+                reader, self.items, cfg, labeled, priors, what="labeled" if labeled else "unlabeled"
+            )
+        if store is not None:
+            if store.items != self.items:
+                raise ValueError("the slice store holds other items than this dataset")
+            if labeled and store.labels is None:
+                raise ValueError("a labeled dataset needs a slice store with labels")
+            if self.with_priors and store.priors is None:
+                raise ValueError("a dataset with priors needs a slice store with priors")
+        self.store = store
         self.bank = bank  # replaced by the trainer at each refresh (loaders are re-created after it)
-        self.spatial = build_spatial_transform(cfg, train)
+        # maps in the store are already at the training size: no resize in the pipeline
+        self.spatial = build_spatial_transform(cfg, train, resize=store is None)
+        self.intensity = build_intensity_transform(cfg.augmentation) if train else None
         self.photometric = build_photometric_transform(cfg.augmentation) if strong else None
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def _bank_maps(self, index: int, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """The item's pseudo-label, weight and uncertainty maps (H, W) at ``shape`` (zeros while it has none)."""
+        entry = self.bank.entries.get(index)
+        if entry is None:
+            return {
+                "pseudo_label": np.zeros(shape, np.int64),
+                "weight": np.zeros(shape, np.float32),
+                "uncertainty": np.zeros(shape, np.float32),
+            }
+        maps = {
+            "pseudo_label": entry.label.astype(np.int64),
+            "weight": entry.weight.astype(np.float32),
+            "uncertainty": entry.uncertainty.astype(np.float32),
+        }
+        if maps["weight"].shape != shape:  # the bank is at native size, the store at the training size
+            maps = {
+                "pseudo_label": resize_maps(maps["pseudo_label"], shape, nearest=True),
+                "weight": resize_maps(maps["weight"], shape, nearest=True),
+                "uncertainty": resize_maps(maps["uncertainty"], shape),
+            }
+        return maps
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = (key, None) if isinstance(key, int) else key
         case_id, slice_index = self.items[index]
-        continuous = {"image": self.loader.image_slice(case_id, slice_index)}
-        if self.with_priors:
-            continuous["priors"] = self.loader.priors_slice(case_id, slice_index)
         discrete = {}
-        if self.labeled:
-            discrete["label"] = self.loader.label_slice(case_id, slice_index).astype(np.int64)
+        if self.store is not None:
+            continuous = {"image": self.store.images[index]}
+            if self.with_priors:
+                continuous["priors"] = self.store.priors[index]
+            if self.labeled:
+                discrete["label"] = self.store.labels[index].astype(np.int64)
+        else:
+            continuous = {"image": self.loader.image_slice(case_id, slice_index)}
+            if self.with_priors:
+                continuous["priors"] = self.loader.priors_slice(case_id, slice_index)
+            if self.labeled:
+                discrete["label"] = self.loader.label_slice(case_id, slice_index).astype(np.int64)
         if self.bank is not None:
-            entry = self.bank.entries.get(index)
-            shape = continuous["image"].shape[-2:]
-            if entry is None:
-                discrete["pseudo_label"] = np.zeros(shape, np.int64)
-                discrete["weight"] = np.zeros(shape, np.float32)
-                discrete["uncertainty"] = np.zeros(shape, np.float32)
-            else:
-                discrete["pseudo_label"] = entry.label.astype(np.int64)
-                discrete["weight"] = entry.weight.astype(np.float32)
-                discrete["uncertainty"] = entry.uncertainty.astype(np.float32)
+            discrete.update(self._bank_maps(index, tuple(continuous["image"].shape[-2:])))
         cont, disc = apply_joint(self.spatial, continuous, discrete, seed)
         image = cont["image"]
+        if self.intensity is not None:
+            image = apply_photometric(self.intensity, image, None if seed is None else seed + 2)
         if self.photometric is not None:
             image = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
         sample = {

@@ -50,9 +50,10 @@ def normalize_intensity(image: np.ndarray, modality: str, clip_percentiles: tupl
     return out
 
 
-def build_spatial_transform(cfg: DataConfig, train: bool) -> A.Compose:
+def build_spatial_transform(cfg: DataConfig, train: bool, resize: bool = True) -> A.Compose:
     """For training, the weak spatial augmentations (flips, 90° rotations, small-angle rotation / scaling), then
-    a resize to ``cfg.image_size`` (H, W). Applied jointly through :func:`apply_joint`."""
+    (``resize``) a resize to ``cfg.image_size`` (H, W). Applied jointly through :func:`apply_joint`. Maps that are
+    already at the training size (a :class:`~semisam.data.memory.SliceStore`) skip the resize."""
     height, width = cfg.image_size
     transforms: list = []
     if train:
@@ -74,9 +75,19 @@ def build_spatial_transform(cfg: DataConfig, train: bool) -> A.Compose:
                     p=0.5,
                 )
             )
-    # Resize last, as SSL4MIS does: a 90-degree turn of a non-square image is then resized back to the size.
-    transforms.append(A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
+    if resize:
+        # Resize last, as SSL4MIS does: a 90-degree turn of a non-square image is then resized back to the size.
+        transforms.append(A.Resize(height, width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST))
     return A.Compose(transforms, seed=0)
+
+
+def build_intensity_transform(aug: AugmentationConfig) -> A.Compose | None:
+    """The weak pipeline's image-only part: brightness and contrast jitter of ``aug.weak_brightness_contrast``
+    (fractions of the [0, 1] range), applied to every training sample; ``None`` when it is 0."""
+    limit = aug.weak_brightness_contrast
+    if limit <= 0:
+        return None
+    return A.Compose([A.RandomBrightnessContrast(brightness_limit=limit, contrast_limit=limit, p=0.8)], seed=0)
 
 
 def build_photometric_transform(aug: AugmentationConfig) -> A.Compose:

@@ -28,8 +28,15 @@ from tqdm.auto import tqdm
 from semisam import distributed
 from semisam.config.loader import config_differences, config_to_dict, save_config
 from semisam.config.schema import ConfigError, RunConfig
-from semisam.data.dataset import IterationBatchSampler, SliceDataset, expand_to_slices, require_labels
+from semisam.data.dataset import (
+    IterationBatchSampler,
+    SliceDataset,
+    check_labeled_cases,
+    expand_to_slices,
+    require_labels,
+)
 from semisam.data.fusion import fuse_priors, student_in_channels
+from semisam.data.memory import SliceStore
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.engine.checkpoint import (
@@ -73,6 +80,12 @@ class TrainResult:
     best_iteration: int
     last_checkpoint: Path
     best_checkpoint: Path
+    selected: str = "last"  # eval.checkpoint: which of the two stands for the run
+
+    @property
+    def checkpoint(self) -> Path:
+        """The checkpoint that stands for the run (``eval.checkpoint``)."""
+        return self.best_checkpoint if self.selected == "best" else self.last_checkpoint
 
 
 class Trainer:
@@ -117,6 +130,17 @@ class Trainer:
                 self.run_dir,
                 teacher,
             )
+        # every training slice decoded, normalised and resized once (a bad file stops the run here, named)
+        self.stores: dict[bool, SliceStore | None] = {True: None, False: None}
+        if cfg.data.in_memory:
+            check_labeled_cases(self.reader, self.split.labeled, cfg.data)  # the labels' own message first
+            self.stores[True] = SliceStore.build(
+                self.reader, self.labeled_items, cfg.data, True, self.priors, self.progress, "labeled"
+            )
+            if self.method.uses_unlabeled:
+                self.stores[False] = SliceStore.build(
+                    self.reader, self.unlabeled_items, cfg.data, False, self.priors, self.progress, "unlabeled"
+                )
         self.in_channels = student_in_channels(cfg)
         self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
@@ -196,7 +220,14 @@ class Trainer:
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
         bank = self.refresher.bank if (self.refresher is not None and not labeled) else None
         dataset = SliceDataset(
-            self.reader, items, self.cfg.data, labeled=labeled, train=True, priors=self.priors, bank=bank
+            self.reader,
+            items,
+            self.cfg.data,
+            labeled=labeled,
+            train=True,
+            priors=self.priors,
+            bank=bank,
+            store=self.stores[labeled],
         )
         # global batches of batch_size per process; each process takes its own disjoint share
         sampler = IterationBatchSampler(
@@ -308,7 +339,9 @@ class Trainer:
         if self.main and self.iteration == sc.iterations and not best.exists():  # no validation: last is best
             save_checkpoint(best, self._state())
         distributed.barrier()  # rank 0's files are written when fit returns on any rank
-        return TrainResult(self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best)
+        return TrainResult(
+            self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best, cfg.eval.checkpoint
+        )
 
     def _inputs(self, batch: dict) -> dict:
         """Move a batch to the device and build the student's input (image fused with SAMAug priors; on odd

@@ -4,6 +4,9 @@ Two architectures, chosen by ``student.arch``:
 
 - ``basic_unet``: MONAI's :class:`~monai.networks.nets.BasicUNet`, the SSL4MIS U-Net shape (5 levels, widths
   ``student.features``, 4 max-pool downsamplings, batch norm + LeakyReLU(0.1) as in SSL4MIS).
+- ``res_unet``: MONAI's :class:`~monai.networks.nets.UNet` with ``student.res_units`` residual units per level
+  (Kerfoot et al. 2018): widths ``student.features``, stride-2 convolutions instead of max-pooling, batch norm
+  and PReLU. The same five widths as ``basic_unet``.
 - ``timm_unet``: a U-Net whose encoder is any timm CNN with ``features_only=True`` and whose decoder is built
   from MONAI blocks (:class:`~monai.networks.nets.basic_unet.UpCat`, ``TwoConv``).
 
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import UpSample
 from monai.networks.layers.factories import Conv
-from monai.networks.nets import BasicUNet
+from monai.networks.nets import BasicUNet, UNet
 from monai.networks.nets.basic_unet import TwoConv, UpCat
 from torch import nn
 
@@ -32,7 +35,6 @@ logger = logging.getLogger("semisam")
 
 # SSL4MIS's U-Net: Conv-BN-LeakyReLU(0.01 there; MONAI's default slope 0.1 kept here).
 _ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
-_NORM = "batch"
 BASIC_UNET_LEVELS = 5
 
 
@@ -76,12 +78,56 @@ def build_student(cfg: StudentConfig, in_channels: int, num_classes: int) -> nn.
             out_channels=num_classes,
             features=(*features, features[0]),
             act=_ACT,
-            norm=_NORM,
+            norm=cfg.norm,
             dropout=cfg.dropout,
         )
+    if cfg.arch == "res_unet":
+        return ResUNet(in_channels, num_classes, features, cfg.res_units, cfg.norm, cfg.dropout)
     if cfg.arch == "timm_unet":
-        return TimmUNet(cfg.encoder, in_channels, num_classes, features, cfg.dropout, cfg.pretrained)
-    raise ValueError(f"student.arch={cfg.arch!r} is not one of basic_unet, timm_unet")
+        return TimmUNet(cfg.encoder, in_channels, num_classes, features, cfg.dropout, cfg.pretrained, cfg.norm)
+    raise ValueError(f"student.arch={cfg.arch!r} is not one of basic_unet, res_unet, timm_unet")
+
+
+class ResUNet(nn.Module):
+    """MONAI's residual :class:`~monai.networks.nets.UNet` for any input size.
+
+    ``len(features)`` levels; each level after the first halves the resolution with a stride-2 convolution, so
+    inputs are zero-padded at the bottom / right to a multiple of ``2 ** (len(features) - 1)`` and the logits
+    cropped back. Each level has ``res_units`` residual units (Conv-Norm-Dropout-PReLU), ``norm`` is ``batch`` or
+    ``instance``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        features: list[int],
+        res_units: int = 2,
+        norm: str = "instance",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(features) < 2:
+            raise ValueError(f"student.features={features}: res_unet needs at least two levels")
+        self.stride = 2 ** (len(features) - 1)
+        self.net = UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=num_classes,
+            channels=tuple(features),
+            strides=(2,) * (len(features) - 1),
+            num_res_units=res_units,
+            norm=norm,
+            dropout=dropout,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (B, in_channels, H, W) -> float logits (B, num_classes, H, W)."""
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % self.stride, (-width) % self.stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.net(x)[..., :height, :width]
 
 
 def create_encoder(name: str, in_channels: int, pretrained: bool) -> nn.Module:
@@ -128,7 +174,8 @@ class TimmUNet(nn.Module):
     Inputs are zero-padded at the bottom / right to a multiple of the deepest reduction (e.g. 32) and the
     logits cropped back, so any H, W >= 16 works.
 
-    ``dropout`` applies in every decoder convolution; the encoder is timm's, unchanged.
+    ``dropout`` applies in every decoder convolution and ``norm`` (``batch`` / ``instance``) is the decoder's
+    normalisation; the encoder is timm's, unchanged.
     """
 
     def __init__(
@@ -139,6 +186,7 @@ class TimmUNet(nn.Module):
         features: list[int],
         dropout: float = 0.0,
         pretrained: bool = False,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.encoder = create_encoder(encoder, in_channels, pretrained)
@@ -161,14 +209,14 @@ class TimmUNet(nn.Module):
         in_ch = channels[-1]
         for skip_ch, reduction in zip(reversed(channels[:-1]), reversed(reductions[:-1]), strict=True):
             out_ch = width(reduction)
-            stages.append(UpCat(2, in_ch, skip_ch, out_ch, _ACT, _NORM, bias=True, dropout=dropout))
+            stages.append(UpCat(2, in_ch, skip_ch, out_ch, _ACT, norm, bias=True, dropout=dropout))
             in_ch = out_ch
         self.decoder = nn.ModuleList(stages)
         head: list[nn.Module] = []
         if reductions[0] > 1:
             head.append(UpSample(2, in_ch, features[0], scale_factor=reductions[0], mode="deconv"))
             in_ch = features[0]
-        head.append(TwoConv(2, in_ch, features[0], _ACT, _NORM, bias=True, dropout=dropout))
+        head.append(TwoConv(2, in_ch, features[0], _ACT, norm, bias=True, dropout=dropout))
         head.append(Conv["conv", 2](features[0], num_classes, kernel_size=1))
         self.head = nn.Sequential(*head)
         logger.debug(
