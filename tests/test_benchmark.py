@@ -27,8 +27,8 @@ def _summary(dice: dict[str, float], hd95: float) -> dict:
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
     records = [
-        RunRecord("supervised", 0, "a", _summary({"1": 0.5, "2": 0.7}, 10.0), train_seconds=60.0),
-        RunRecord("supervised", 1, "b", _summary({"1": 0.7, "2": 0.9}, 20.0), train_seconds=120.0),
+        RunRecord("supervised", 0, "a", _summary({"1": 0.5, "2": 0.7}, 10.0), train_seconds=60.0, other_dice=0.5),
+        RunRecord("supervised", 1, "b", _summary({"1": 0.7, "2": 0.9}, 20.0), train_seconds=120.0, other_dice=0.7),
         RunRecord("semisam", 0, "c", _summary({"1": 0.8, "2": float("nan")}, 5.0), 100.0, 1.0, 25.0),
     ]
     table = aggregate(records, ["supervised", "mean_teacher", "semisam"])
@@ -42,7 +42,10 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
     assert table["semisam"]["refresh_share"]["mean"] == pytest.approx(0.25)
     text = format_table(table, "voxels")
     assert "| supervised | 2 | 0.700 ± 0.141 | 0.600 ± 0.141 | 0.800 ± 0.141 | 15.0 ± 7.1 |" in text
-    assert "| semisam | 1 | n/a | 0.800 | n/a | 5.0 | 1.0 | 1.7 | 25 % |" in text
+    assert sup["other_dice"]["mean"] == pytest.approx(0.6)  # the other checkpoint's test Dice, kept beside
+    assert "| Dice with last.pt |" in text  # these records score best.pt (records before eval.checkpoint)
+    assert "| 15.0 ± 7.1 | 1.0 ± 0.0 | 0.600 ± 0.141 | 1.5 ± 0.7 |" in text
+    assert "| semisam | 1 | n/a | 0.800 | n/a | 5.0 | 1.0 | n/a | 1.7 | 25 % |" in text
 
 
 def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
@@ -54,7 +57,8 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         assert cfg.student == cfgs["supervised"].student
         assert cfg.data == cfgs["supervised"].data
         assert cfg.data.split.labeled_count == 68
-        assert cfg.schedule.iterations == 1000 and list(cfg.data.image_size) == [128, 128]
+        assert cfg.schedule.iterations == 1500 and list(cfg.data.image_size) == [128, 128]
+        assert cfg.student.arch == "res_unet" and cfg.student.norm == "instance"
         assert cfg.output_dir == str(tmp_path / name / "seed3")
         assert cfg.teacher.cache_dir == str(tmp_path / "cache")
     assert [cfgs[m].method.name for m in METHODS] == ["supervised", "mean_teacher", "semisam", "semisam", "semisam"]
@@ -112,14 +116,19 @@ def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol
     ]
     assert results["teacher_cache"]["computed_cases"] > 0 and not results["teacher_cache"]["priors"]
     for r in results["runs"]:
-        summary = json.loads((out / r["method"] / f"seed{r['seed']}" / "eval_test" / "summary.json").read_text())
+        run_dir = out / r["method"] / f"seed{r['seed']}"
+        summary = json.loads((run_dir / "eval_test" / "summary.json").read_text())
         assert summary["num_cases"] == 4
+        # the run is scored with last.pt (eval.checkpoint) and best.pt is scored beside it
+        other = json.loads((run_dir / "eval_test_best" / "summary.json").read_text())
+        assert r["checkpoint"] == "last" and r["other_dice"] == other["foreground_mean"]["dice"]
     refreshes = results["table"]["semisam_pl"]["refresh_share"]
     assert refreshes["n"] == 2 and 0 < refreshes["mean"] < 1
     assert results["table"]["supervised"]["refresh_share"]["n"] == 0
     assert (out / "dice.png").stat().st_size > 0
     table = (out / "results.md").read_text()
     assert "| supervised | 2 |" in table and "| semisam_pl | 2 |" in table
+    assert "Dice with best.pt" in table and "scoring the last checkpoint" in table
 
     # started again: nothing is trained or computed again, the table is the same
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
@@ -134,6 +143,16 @@ def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol
     with pytest.raises(ConfigError, match=r"supervised/seed0 was scored with another config.*method.dice_weight"):
         BenchmarkRunner(protocol, scale, methods, [0], out, changed, False, configs, tiny_teacher).run("test")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+
+
+def test_the_benchmark_tool_runs_three_seeds_by_default():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "benchmark.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "default 0,1,2" in " ".join(out.split())
 
 
 def test_seeds_change_the_runs_but_not_the_protocol(tmp_path, phantom_protocol):

@@ -100,7 +100,11 @@ def project_loop(cfg: RunConfig, steps: int, warmup: int, window: int = 10) -> T
     with tempfile.TemporaryDirectory() as tmp:
         data = config_to_dict(cfg)
         data["output_dir"] = str(Path(tmp) / "run")
-        data["schedule"].update(iterations=total, val_every=0, checkpoint_every=0, image_every=0, log_every=window)
+        # the same per-step work; the lr warm-up is cut to fit the short run (it does not change a step's cost)
+        warm = min(data["schedule"]["warmup_iterations"], total - 1)
+        data["schedule"].update(
+            iterations=total, val_every=0, checkpoint_every=0, image_every=0, log_every=window, warmup_iterations=warm
+        )
         run_cfg = config_from_dict(data)
         Trainer(run_cfg, progress=False).fit()
         with (Path(tmp) / "run" / "metrics.csv").open(newline="") as f:
