@@ -119,16 +119,16 @@ def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol
         run_dir = out / r["method"] / f"seed{r['seed']}"
         summary = json.loads((run_dir / "eval_test" / "summary.json").read_text())
         assert summary["num_cases"] == 4
-        # the run is scored with last.pt (eval.checkpoint) and best.pt is scored beside it
-        other = json.loads((run_dir / "eval_test_best" / "summary.json").read_text())
-        assert r["checkpoint"] == "last" and r["other_dice"] == other["foreground_mean"]["dice"]
+        # the run is scored with best.pt (eval.checkpoint) and last.pt is scored beside it
+        other = json.loads((run_dir / "eval_test_last" / "summary.json").read_text())
+        assert r["checkpoint"] == "best" and r["other_dice"] == other["foreground_mean"]["dice"]
     refreshes = results["table"]["semisam_pl"]["refresh_share"]
     assert refreshes["n"] == 2 and 0 < refreshes["mean"] < 1
     assert results["table"]["supervised"]["refresh_share"]["n"] == 0
     assert (out / "dice.png").stat().st_size > 0
     table = (out / "results.md").read_text()
     assert "| supervised | 2 |" in table and "| semisam_pl | 2 |" in table
-    assert "Dice with best.pt" in table and "scoring the last checkpoint" in table
+    assert "Dice with last.pt" in table and "scoring the checkpoint with the best val Dice" in table
 
     # started again: nothing is trained or computed again, the table is the same
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}

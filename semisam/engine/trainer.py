@@ -80,7 +80,7 @@ class TrainResult:
     best_iteration: int
     last_checkpoint: Path
     best_checkpoint: Path
-    selected: str = "last"  # eval.checkpoint: which of the two stands for the run
+    selected: str = "best"  # eval.checkpoint: which of the two stands for the run
 
     @property
     def checkpoint(self) -> Path:
