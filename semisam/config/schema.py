@@ -236,8 +236,8 @@ class PriorsConfig:
 class PseudoLabelConfig:
     """Uncertainty-rectified auto-prompt pseudo-labels from the frozen teacher (method ``semisam``).
 
-    Prompts come from the EMA model's probabilities, never from labels: per foreground class, the largest
-    connected component of its argmax region (or every component of at least ``min_area`` pixels), a box around
+    Prompts come from the EMA model's probabilities, never from labels: per foreground class, every connected
+    component of its argmax region of at least ``min_area`` pixels (or only the largest), a box around
     it grown by ``box_margin`` of its side, and for point-capable teachers a positive point at the component's
     distance-transform maximum (plus ``negative_points`` background points). Each prompt is perturbed
     ``perturbations`` times (box corners moved by up to ``jitter`` of the box side, points resampled inside the
@@ -252,7 +252,10 @@ class PseudoLabelConfig:
     """
 
     enabled: bool = True
-    components: str = "largest"
+    # all: every predicted component of at least min_area pixels gets its own box. The measured gain of teacher
+    # labels (Kvasir-10: 0.698 vs the student's 0.655 Dice, issue 13) was with one box per component; "largest"
+    # leaves the other objects to the model's own evidence (they are never made certain background).
+    components: str = "all"
     min_area: int = 16  # pixels
     box_margin: float = 0.05
     negative_points: int = 0

@@ -8,9 +8,11 @@ One refresh, for a set of 2D items (slices) of unlabeled images:
    label, and unlabeled items are read through a path that never opens one;
 3. each prompt and its ``perturbations`` jittered copies are decoded by the teacher on the cached image
    embeddings, all prompts of a batch of images in batched decoder calls;
-4. per class, the mean of the K+1 sigmoid maps and its uncertainty (:mod:`semisam.teacher.rectify`); several
-   components of one class combine by pixel-wise maximum of their means (the uncertainty of the component
-   that gives the maximum);
+4. per class, inside its prompt boxes, the mean of the K+1 sigmoid maps and its uncertainty
+   (:mod:`semisam.teacher.rectify`); several components of one class combine by pixel-wise maximum of their
+   means (the uncertainty of the component that gives the maximum); outside every box of the class the teacher
+   was not asked, and the class's evidence there is the model's own (a predicted object left without a prompt
+   is not "certainly background");
 5. classes the teacher is not trusted with, or was not asked about (no component to prompt), contribute the
    model's own probabilities and uncertainty instead — an unprompted class is not "certainly absent";
 6. the classes fuse into one label map, and :func:`~semisam.teacher.rectify.rectify` keeps what the teacher is
@@ -114,13 +116,16 @@ class PseudoLabelBank:
 
 @dataclass
 class PseudoLabelResult:
-    """One item's outcome: the rectified pseudo-label, the teacher's fused label before rectification, and the
-    model's probabilities (K, H, W) the prompts came from."""
+    """One item's outcome: the rectified pseudo-label, the fused label before rectification (int64 (H, W)), the
+    model's probabilities (K, H, W) the prompts came from, the number of prompts decoded (0: the teacher was not
+    asked), and per prompted class the bool (H, W) region its prompt boxes cover (where the class's evidence is
+    the teacher's; elsewhere it is the model's)."""
 
     rectified: Rectified
     teacher_label: np.ndarray
     model_probs: np.ndarray
-    prompts: int = 0  # prompts decoded for this image (0: the teacher was not asked)
+    prompts: int = 0
+    covered: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,7 +278,7 @@ class PseudoLabeler:
             prompt_sets = [self._prompt_sets(p, teacher_classes, rng) for p, rng in zip(probs, rngs, strict=True)]
             decoded = self._decode(chunk, prompt_sets)
             for p, sets, maps in zip(probs, prompt_sets, decoded, strict=True):
-                evidence = _class_evidence(sets, maps, pl.uncertainty)
+                evidence, covered = _class_evidence(sets, maps, p, pl.uncertainty)
                 # classes the teacher was not asked about (untrusted, or no prompt because the model predicts no
                 # component) keep the model's own doubt instead of counting as certainly absent
                 prompted = {prompt.class_index for prompt, _ in sets}
@@ -286,7 +291,7 @@ class PseudoLabeler:
                 if not sets:  # the teacher was asked nothing: every pixel rests on the model's confidence alone
                     uncertainty = np.ones_like(uncertainty)
                 r = rectify(label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence)
-                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets)))
+                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets), covered))
                 stats.add(r, sum(len(g) for _, g in sets))
         model.train(was_training)
         return results, stats
@@ -336,20 +341,61 @@ def _point_prompt(prompt: ClassPrompt) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(points).astype(np.float32), np.concatenate(labels)
 
 
-def _class_evidence(sets, maps: list[np.ndarray], kind: str) -> list[ClassEvidence]:
-    """Per class: mean and uncertainty of its prompt sets' decodes; several components of one class combine by
-    the pixel-wise maximum of their means (with the uncertainty of the component giving it)."""
+def boxes_cover(boxes: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Bool ``(H, W)``: the pixels whose centre ``(c + 0.5, r + 0.5)`` lies in at least one of ``boxes`` (float
+    ``(4,)`` XYXY pixel-edge boxes, :mod:`semisam.teacher.prompts`)."""
+    height, width = int(shape[0]), int(shape[1])
+    cover = np.zeros((height, width), dtype=bool)
+    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+    for x0, y0, x1, y1 in (np.asarray(b, dtype=np.float64) for b in boxes):
+        rows = (centres_y >= y0) & (centres_y < y1)
+        cols = (centres_x >= x0) & (centres_x < x1)
+        cover |= rows[:, None] & cols[None, :]
+    return cover
+
+
+def _class_evidence(
+    sets, maps: list[np.ndarray], model_probs: np.ndarray, kind: str
+) -> tuple[list[ClassEvidence], dict[int, np.ndarray]]:
+    """Per prompted class: its evidence and the region the teacher was asked about.
+
+    Inside the union of the class's prompt boxes (originals and perturbations): the mean and uncertainty of its
+    prompt sets' decodes; several components of one class combine by the pixel-wise maximum of their means (with
+    the uncertainty of the component giving it). **Outside** every box the teacher was not asked about the
+    class, so its near-zero answer there is no evidence of absence: the class's evidence there is the model's
+    own (:func:`~semisam.teacher.rectify.evidence_from_model`). Otherwise a predicted object left without a
+    prompt (``components: largest``, or below ``min_area``) would become certain background, and the student
+    would be taught to erase what it found.
+
+    Returns:
+        the evidence (one per prompted class), and per prompted class the bool ``(H, W)`` region its prompts cover.
+    """
+    shape = model_probs.shape[-2:]
     by_class: dict[int, ClassEvidence] = {}
-    for (prompt, _), decodes in zip(sets, maps, strict=True):
+    covered: dict[int, np.ndarray] = {}
+    for (prompt, group), decodes in zip(sets, maps, strict=True):
         mean, uncertainty = mean_and_uncertainty(decodes, kind)
         k = prompt.class_index
+        cover = boxes_cover([p.box for p in group], shape)
         if k not in by_class:
-            by_class[k] = ClassEvidence(k, mean, uncertainty)
+            by_class[k], covered[k] = ClassEvidence(k, mean, uncertainty), cover
         else:
             old = by_class[k]
             take = mean > old.mean
             by_class[k] = ClassEvidence(k, np.where(take, mean, old.mean), np.where(take, uncertainty, old.uncertainty))
-    return list(by_class.values())
+            covered[k] = covered[k] | cover
+    evidence = []
+    for k, e in by_class.items():
+        model = evidence_from_model(model_probs, k)
+        inside = covered[k]
+        evidence.append(
+            ClassEvidence(
+                k,
+                np.where(inside, e.mean, model.mean).astype(np.float32),
+                np.where(inside, e.uncertainty, model.uncertainty).astype(np.float32),
+            )
+        )
+    return evidence, covered
 
 
 def _nanmean(values: Sequence[float]) -> float:
