@@ -103,3 +103,42 @@ def test_every_component_is_prompted_by_default():
     assert labeler.cfg.pseudo_labels.components == "all"
     (result,), _ = labeler.label(torch.nn.Identity(), [("case", -1)], {1: True}, seed=0)
     assert result.prompts == 2 * (1 + 2)  # the two polyps above min_area, each with its 2 perturbations
+
+
+def over_segmented_and_missed() -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Two calibration images: on the first the model predicts a 10x10 square around a 6x6 object (which the
+    teacher segments exactly); on the second it misses a 6x6 object altogether (the teacher is not asked)."""
+    truth = np.zeros((40, 40), np.int64)
+    truth[6:12, 6:12] = 1
+    predicted = np.zeros((40, 40), np.float32)
+    predicted[4:14, 4:14] = 1
+    fg = np.where(predicted > 0, 0.97, 0.03).astype(np.float32)
+    missed = np.full((40, 40), 0.03, np.float32)
+    probs = [np.stack([1 - fg, fg]), np.stack([1 - missed, missed])]
+    second = np.zeros((40, 40), np.int64)
+    second[25:31, 25:31] = 1
+    return probs, [truth, second], truth == 1
+
+
+def test_calibration_scores_the_teacher_on_its_own_pixels():
+    probs, labels, object_mask = over_segmented_and_missed()
+    labeler = labeler_for(binary_cfg(), probs, BoxTeacher(mask=object_mask))
+    trusted, scalars, model_dice = labeler.calibrate(torch.nn.Identity(), [("a", -1), ("b", -1)], labels, seed=0)
+    # inside its box the teacher is exactly right; the model there has 100 predicted pixels for 36 true ones.
+    # The second image, where the teacher was never asked, is nobody's evidence about the teacher.
+    assert scalars["calibration/teacher_dice_1"] == pytest.approx(1.0, abs=1e-6)
+    assert scalars["calibration/model_dice_1"] == pytest.approx(2 * 36 / 136, abs=1e-6)
+    assert trusted == {1: True}
+    # the model check still scores the model on every pixel of every held-out image
+    assert model_dice == pytest.approx((2 * 36 / 136 + 0.0) / 2, abs=1e-6)
+
+
+def test_calibration_inside_the_noise_band_keeps_the_decision_in_force():
+    probs, labels, _ = over_segmented_and_missed()
+    # a teacher that answers exactly what the model predicted: an exact tie on its pixels
+    labeler = labeler_for(binary_cfg(), probs, BoxTeacher(mask=probs[0][1] > 0.5))
+    items = [("a", -1), ("b", -1)]
+    for previous in (False, True):
+        trusted, scalars, _ = labeler.calibrate(torch.nn.Identity(), items, labels, seed=0, previous={1: previous})
+        assert scalars["calibration/teacher_dice_1"] == pytest.approx(scalars["calibration/model_dice_1"])
+        assert trusted == {1: previous}

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from semisam.config.loader import load_config
+from semisam.config.schema import ConfigError
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine.methods import SemiSAM, build_method
+from semisam.engine.refresh import PseudoLabelRefresher
 from semisam.engine.trainer import Trainer
 from semisam.student.unet import build_student
 from semisam.teacher import precompute as pc
@@ -63,7 +65,7 @@ def test_no_label_reaches_the_prompts_of_unlabeled_images(
     unlabeled_without_labels, tmp_path, tiny_teacher, monkeypatch
 ):
     cfg = _cfg(unlabeled_without_labels, tmp_path)
-    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
     seen = []
     real = pl_module.prompts_from_probabilities
 
@@ -92,7 +94,7 @@ def test_no_label_reaches_the_prompts_of_unlabeled_images(
 
 def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_root, tmp_path, tiny_teacher):
     cfg = _cfg(phantom_root, tmp_path, "run", "pseudo_labels.min_model_dice=1.0")
-    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
     trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
     trainer.fit()
     assert not list((tmp_path / "run" / "pseudo_labels").glob("bank_*.npz"))
@@ -103,6 +105,35 @@ def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_r
     timed = [r for r in rows if r["tag"] == "time/refresh_s"]  # a skipped refresh still costs its calibration
     assert [r["iteration"] for r in timed] == ["2", "4"] and all(float(r["value"]) > 0 for r in timed)
     assert all(float(r["value"]) == 0 for r in rows if r["tag"] == "pseudo/batch_fraction_kept")
+
+
+def test_trust_is_calibrated_on_held_out_cases_spread_over_them(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    split = trainer.split
+    calibration = [case_id for case_id, _ in trainer.refresher.calibration_items]
+    # never the memorised labeled training images, nor an unlabeled one: the val cases, first to last
+    assert len(calibration) == cfg.pseudo_labels.calibration_images == 3
+    assert set(calibration) <= set(split.val)
+    assert calibration[0] == split.val[0] and calibration[-1] == split.val[-1]
+
+
+def test_unlabeled_batches_carry_a_strong_view_for_the_student(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    assert trainer.method.bank_source is trainer.refresher  # the pseudo-label ramp follows the real banks
+    batch = next(iter(trainer._loader(trainer.unlabeled_items, False, 2, 1)))
+    assert batch["strong_image"].shape == batch["image"].shape
+    assert not torch.equal(batch["strong_image"], batch["image"])  # photometric changes on top of the weak view
+    assert "strong_image" not in next(iter(trainer._loader(trainer.labeled_items, True, 2, 0)))
+
+
+def test_calibration_without_held_out_cases_is_refused(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)  # trust=calibrate
+    with pytest.raises(ConfigError, match="held-out"):
+        PseudoLabelRefresher(cfg, build_reader(cfg.data), [], [("x", -1)], None, torch.device("cpu"), tmp_path)
 
 
 def test_pseudo_label_loss_gives_finite_nonzero_gradients(phantom_root, tmp_path):
@@ -126,7 +157,7 @@ def test_pseudo_label_loss_gives_finite_nonzero_gradients(phantom_root, tmp_path
 
 def test_killed_after_a_refresh_resumes_on_the_same_bank(phantom_root, tmp_path, tiny_teacher):
     cfg_a = _cfg(phantom_root, tmp_path, "a")
-    pc.precompute(cfg_a, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
+    pc.precompute(cfg_a, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
     straight = Trainer(cfg_a, progress=False, teacher=tiny_teacher)
     straight.fit()
     cfg_b = _cfg(phantom_root, tmp_path, "b")

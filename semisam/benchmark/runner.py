@@ -257,7 +257,8 @@ class BenchmarkRunner:
         from semisam.teacher.precompute import precompute
 
         self.teacher = self.teacher or build_teacher(cfg.teacher)
-        splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled")
+        # val: the pseudo-label refreshes calibrate trust on held-out labeled cases
+        splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled", "val")
         report = precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors)
         self.precompute_report = {
             "cache": str(report.root),

@@ -161,7 +161,8 @@ class SliceDataset(Dataset):
       the pseudo-label bank moved with the image (weight 0 everywhere while it has none) — only with a ``bank``;
     - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).
 
-    ``strong`` adds photometric augmentation of the image channels (after the joint spatial transform).
+    ``strong`` adds ``strong_image``: float32 (C, H, W), the same augmented ``image`` with photometric augmentation
+    of its channels on top (the student's view; ``image`` stays the weak view for the EMA model).
     A labeled dataset checks its cases at construction (:func:`check_labeled_cases`): labels exist and not all
     of them are background.
     """
@@ -215,14 +216,15 @@ class SliceDataset(Dataset):
                 discrete["uncertainty"] = entry.uncertainty.astype(np.float32)
         cont, disc = apply_joint(self.spatial, continuous, discrete, seed)
         image = cont["image"]
-        if self.photometric is not None:
-            image = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "case_id": case_id,
             "slice_index": slice_index,
             "index": index,
         }
+        if self.photometric is not None:
+            strong = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
+            sample["strong_image"] = torch.from_numpy(np.ascontiguousarray(strong, dtype=np.float32))
         if self.labeled:
             sample["label"] = torch.from_numpy(disc["label"].astype(np.int64))
         if self.bank is not None:

@@ -110,13 +110,14 @@ class Trainer:
             self.refresher = PseudoLabelRefresher(
                 cfg,
                 self.reader,
-                self.labeled_items,
+                expand_to_slices(self.reader, self.split.val),  # held-out labels calibrate trust, not memorised ones
                 self.unlabeled_items,
                 self.priors,
                 self.device,
                 self.run_dir,
                 teacher,
             )
+            self.method.bank_source = self.refresher  # the pseudo-label ramp starts at the first real bank
         self.in_channels = student_in_channels(cfg)
         self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
@@ -195,8 +196,9 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
         bank = self.refresher.bank if (self.refresher is not None and not labeled) else None
+        strong = not labeled and getattr(self.method, "strong_unlabeled", False)  # the student's strong view
         dataset = SliceDataset(
-            self.reader, items, self.cfg.data, labeled=labeled, train=True, priors=self.priors, bank=bank
+            self.reader, items, self.cfg.data, labeled=labeled, train=True, strong=strong, priors=self.priors, bank=bank
         )
         # global batches of batch_size per process; each process takes its own disjoint share
         sampler = IterationBatchSampler(
@@ -317,7 +319,8 @@ class Trainer:
         if self.priors is not None:
             raw = self.cfg.priors.alternate and self.iteration % 2 == 1
             batch["raw_image"] = batch["image"]
-            batch["image"] = fuse_priors(batch["image"], None if raw else batch["priors"], self.cfg.priors.fusion)
+            for key in ("image", "strong_image") if "strong_image" in batch else ("image",):
+                batch[key] = fuse_priors(batch[key], None if raw else batch["priors"], self.cfg.priors.fusion)
         return batch
 
     def _optimise(self, loss: torch.Tensor) -> None:
