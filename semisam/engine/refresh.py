@@ -50,11 +50,11 @@ class PseudoLabelRefresher:
         run_dir: Path,
         teacher=None,
     ) -> None:
+        """``held_out_items``: slices of labeled cases the student never trains on (the val split); the
+        calibration and the model check use ``pseudo_labels.calibration_images`` of them, spread evenly."""
         from semisam.teacher.engine import build_teacher
         from semisam.teacher.precompute import identity_of
 
-        """``held_out_items``: slices of labeled cases the student never trains on (the val split); the
-        calibration and the model check use ``pseudo_labels.calibration_images`` of them, spread evenly."""
         self.cfg = cfg
         self.reader = reader
         self.unlabeled_items = unlabeled_items
@@ -153,8 +153,6 @@ class PseudoLabelRefresher:
             trusted, scalars, model_dice = self.labeler.calibrate(
                 model, self.calibration_items, labels, seed, previous=self.trusted
             )
-            if pl.trust == "calibrate":
-                self.trusted = trusted
             if not model_dice >= pl.min_model_dice:  # NaN too: the model finds nothing to prompt from
                 scalars["pseudo/skipped"] = 1.0
                 scalars["time/refresh_s"] = time.perf_counter() - tic  # the calibration cost a skipped one too
@@ -169,6 +167,8 @@ class PseudoLabelRefresher:
                     f"iteration {self.bank.iteration}" if self.bank.entries else "empty: no pseudo-label loss yet",
                 )
                 return self.bank
+            if pl.trust == "calibrate":  # only with a bank: the decision in force is the last bank's (resumable)
+                self.trusted = trusted
         results, stats = self.labeler.label(model, self.unlabeled_items, self.trusted, seed + 1)
         first = self.first_bank_iteration
         bank = PseudoLabelBank(
