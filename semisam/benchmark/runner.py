@@ -259,7 +259,10 @@ class BenchmarkRunner:
         self.teacher = self.teacher or build_teacher(cfg.teacher)
         # val: the pseudo-label refreshes calibrate trust on held-out labeled cases
         splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled", "val")
-        report = precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors)
+        keep = ("labeled", "unlabeled", "val") if any(m.uses_pseudo_labels for m in self.methods) else None
+        report = precompute(
+            cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors, keep_embeddings_of=keep
+        )
         self.precompute_report = {
             "cache": str(report.root),
             "computed_cases": len(report.computed),

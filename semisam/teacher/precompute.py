@@ -140,6 +140,7 @@ def precompute(
     progress: bool = True,
     reader: CaseReader | None = None,
     priors: bool = True,
+    keep_embeddings_of: Sequence[str] | None = None,
 ) -> PrecomputeReport:
     """Compute and cache embeddings and prior maps for the configured data set.
 
@@ -152,6 +153,8 @@ def precompute(
             in a process group, the others wait for it and everyone waits for the last rank at the end.
         priors: also compute the prior maps (the everything mode, the slow part on a CPU); ``False`` computes
             only the embeddings that pseudo-labels need.
+        keep_embeddings_of: the splits whose embeddings are kept (default: :func:`embedding_splits` of ``cfg``;
+            a caller preparing a cache for several configs names them).
     """
     from semisam.teacher.engine import build_teacher
 
@@ -176,7 +179,8 @@ def precompute(
             store.prepare(expected_manifest(cfg, kind, identity))
     distributed.barrier()  # the stores are ready (a stale one wiped) before any rank writes into them
 
-    cases = _case_order(split, splits, embedding_splits(cfg))[rank::world_size]
+    keep = embedding_splits(cfg) if keep_embeddings_of is None else tuple(keep_embeddings_of)
+    cases = _case_order(split, splits, keep)[rank::world_size]
     report = PrecomputeReport(root=root)
     todo = []
     for case_id, keeps_embedding in cases:
