@@ -158,7 +158,7 @@ class PseudoLabelRefresher:
                 scalars["time/refresh_s"] = time.perf_counter() - tic  # the calibration cost a skipped one too
                 log.scalars(iteration, scalars)
                 logger.warning(
-                    "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the labeled calibration "
+                    "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the held-out calibration "
                     "images is %.3f < pseudo_labels.min_model_dice=%.2f, so its prompts would be noise; "
                     "the current bank (%s) stays",
                     iteration,
