@@ -203,7 +203,8 @@ def test_two_process_precompute_computes_every_case_once_then_semisam_trains(pha
         "teacher.everything.stability_score_thresh=0.0",
         "teacher.everything.points_per_side=4",  # the tiny teacher takes points: a small automatic-mask grid
     ]
-    overrides = tiny_overrides(phantom_root, tmp_path / "unused", **{"method.name": "supervised"}) + cache
+    # a semisam config: its pseudo-label refreshes calibrate trust on the val cases, whose embeddings are kept too
+    overrides = tiny_overrides(phantom_root, tmp_path / "unused", **{"method.name": "semisam"}) + cache
     train_overrides = [
         *tiny_overrides(phantom_root, tmp_path / "run", **{"method.name": "semisam"}),
         *cache,
@@ -223,11 +224,11 @@ def test_two_process_precompute_computes_every_case_once_then_semisam_trains(pha
     cfg = load_config(DEMO, overrides)
     split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
     all_cases = [*split.labeled, *split.unlabeled, *split.val, *split.test]
-    train_cases = [*split.labeled, *split.unlabeled]
+    embedded_cases = [*split.labeled, *split.unlabeled, *split.val]
     saved = [tuple(s) for r in records for s in r["saved"]]
     assert len(saved) == len(set(saved))  # no case computed twice, by one rank or by both
     assert sorted(c for k, c in saved if k == "priors") == sorted(all_cases)
-    assert sorted(c for k, c in saved if k == "embeddings") == sorted(train_cases)
+    assert sorted(c for k, c in saved if k == "embeddings") == sorted(embedded_cases)
     per_rank = [{c for _, c in r["saved"]} for r in records]
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]  # both worked, on disjoint cases
     assert records[0]["report_computed"] == sorted(all_cases)  # rank 0 reports the whole run
@@ -239,7 +240,7 @@ def test_two_process_precompute_computes_every_case_once_then_semisam_trains(pha
     from semisam.teacher.precompute import identity_of
 
     identity = identity_of(_tiny_teacher())
-    for kind, cases in (("priors", all_cases), ("embeddings", train_cases)):
+    for kind, cases in (("priors", all_cases), ("embeddings", embedded_cases)):
         store = CacheStore(root, kind)
         store.check(expected_manifest(cfg, kind, identity), "precompute")  # valid: raises otherwise
         assert store.missing(cases) == []

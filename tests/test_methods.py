@@ -1,6 +1,9 @@
 """How the mean teacher feeds its student: separate passes keep batch-norm statistics of the labeled batch its
 own (the default); the joint pass (SSL4MIS) normalises labeled images together with the unlabeled ones."""
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -46,3 +49,50 @@ def test_labeled_loss_depends_on_the_unlabeled_batch_only_in_a_joint_pass(forwar
     same = torch.allclose(torch.tensor(out.logs["loss/supervised"]), supervised, atol=1e-6)
     assert same == (forward == "separate")
     assert out.preview["unlabeled_pred"].shape == (2, 32, 32)
+
+
+def _semisam(*extra):
+    overrides = ["data.root=unused", "device=cpu", "method.name=semisam", "schedule.iterations=1000"]
+    overrides += ["pseudo_labels.warmup=0.2", "pseudo_labels.rampup=0.2", "pseudo_labels.weight=1.0"]
+    return load_config(REPO / "configs/demo.yaml", [*overrides, *extra])
+
+
+def test_pseudo_label_weight_ramps_from_the_first_bank_not_the_warmup():
+    method = build_method(_semisam())
+    refresher = SimpleNamespace(first_bank_iteration=None)  # refreshes at 200 and 400 skipped: no bank yet
+    method.bank_source = refresher
+    assert method.pseudo_label_weight(500) == 0.0
+    refresher.first_bank_iteration = 600  # the first bank arrives late
+    assert method.pseudo_label_weight(600) == pytest.approx(math.exp(-5))  # the start of the ramp, not its end
+    assert method.pseudo_label_weight(700) == pytest.approx(math.exp(-5 * 0.5**2))
+    assert method.pseudo_label_weight(800) == pytest.approx(1.0)
+
+
+class RecordingModel(torch.nn.Module):
+    """Logits from a 1x1 convolution, remembering every input it was given."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, num_classes, 1)
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x)
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("strong", [True, False])
+def test_student_sees_the_strong_view_and_the_ema_the_weak_one(strong):
+    cfg = _semisam(f"pseudo_labels.strong_augmentation={strong}", "method.ema_input_noise=0")
+    method = build_method(cfg)
+    assert method.strong_unlabeled == strong
+    labeled, unlabeled = _batches(cfg.data.num_classes)
+    unlabeled["strong_image"] = unlabeled["image"] + 1.0
+    unlabeled["pseudo_label"] = torch.zeros(2, 32, 32, dtype=torch.int64)
+    unlabeled["weight"] = torch.ones(2, 32, 32)
+    student = RecordingModel(cfg.data.num_classes)
+    ema = StudentEMA(RecordingModel(cfg.data.num_classes), 0.99)
+    method.step(student, ema, labeled, unlabeled, 0)
+    student_unlabeled = student.inputs[-1]
+    assert torch.equal(student_unlabeled, unlabeled["strong_image" if strong else "image"])
+    assert torch.equal(ema.module.inputs[-1], unlabeled["image"])  # the consistency target: the weak view

@@ -28,7 +28,7 @@ def disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.n
 
 
 def cfg(**kw) -> PseudoLabelConfig:
-    base = {"min_area": 1, "box_margin": 0.0}
+    base = {"min_area": 1, "box_margin": 0.0, "components": "largest"}
     base.update(kw)
     return PseudoLabelConfig(**base)
 

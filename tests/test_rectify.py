@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
@@ -13,13 +12,14 @@ from semisam.teacher.rectify import (
     SOURCE_MODEL,
     SOURCE_TEACHER,
     ClassEvidence,
+    DiceCounts,
     binary_entropy,
     dice_per_class,
     evidence_from_model,
     fuse_classes,
     mean_and_uncertainty,
     rectify,
-    trusted_classes,
+    trust_decisions,
 )
 
 # ---------------------------------------------------------------- uncertainty
@@ -144,13 +144,24 @@ def test_rectify_three_cases_on_1x3():
         ],
         np.float32,
     )
-    r = rectify(teacher_label, teacher_uncertainty, model_probs, uncertainty_threshold=0.5, model_confidence=0.9)
+    r = rectify(teacher_label, teacher_uncertainty, model_probs, 0.5, 0.9, soft_weights=False)
     np.testing.assert_array_equal(r.label, [[1, 1, 1]])
     np.testing.assert_array_equal(r.weight, [[1, 1, 0]])
     np.testing.assert_array_equal(r.source, [[SOURCE_TEACHER, SOURCE_MODEL, SOURCE_IGNORED]])
     np.testing.assert_array_equal(r.uncertainty, teacher_uncertainty)
     assert r.label.dtype == np.int64 and r.weight.dtype == np.float32 and r.source.dtype == np.uint8
     assert r.uncertainty.dtype == np.float32
+
+
+def test_kept_pixels_weigh_by_the_doubt_of_whoever_gave_their_label():
+    teacher_label = np.array([[1, 1, 1, 0, 0]], np.int64)
+    teacher_uncertainty = np.array([[0.0, 0.2, 0.5, 0.9, 0.9]], np.float32)
+    model_probs = np.array([[[0.5, 0.5, 0.5, 0.95, 0.5]], [[0.5, 0.5, 0.5, 0.05, 0.5]]], np.float32)
+    r = rectify(teacher_label, teacher_uncertainty, model_probs, uncertainty_threshold=0.5, model_confidence=0.9)
+    np.testing.assert_array_equal(r.source, [[SOURCE_TEACHER] * 3 + [SOURCE_MODEL, SOURCE_IGNORED]])
+    # teacher pixels: 1 - u; the model-fallback pixel: 1 - its binary entropy H(0.95) = 0.2864 bits
+    np.testing.assert_allclose(r.weight, [[1.0, 0.8, 0.5, 1 - 0.2864, 0.0]], atol=1e-4)
+    np.testing.assert_array_equal(r.uncertainty, teacher_uncertainty)  # the map itself is the teacher's
 
 
 def test_rectify_thresholds_are_inclusive():
@@ -233,25 +244,45 @@ def test_dice_per_class_perfect_and_any_shape():
 # ---------------------------------------------------------------- trust gating
 
 
-def test_trusted_classes_rules(caplog):
-    nan = float("nan")
-    teacher = {1: [0.9, 0.8, nan], 2: [0.5, 0.6], 3: [0.70, 0.70], 4: [nan, nan], 5: [0.0, nan], 6: [nan]}
-    model = {1: [0.7, 0.6, 0.2], 2: [0.8, 0.9], 3: [0.68, 0.68], 4: [nan], 5: [nan, nan], 6: [0.0]}
-    with caplog.at_level(logging.INFO, logger="semisam"):
-        trusted = trusted_classes(teacher, model, margin=0.05)
-    assert trusted == {
-        1: True,  # teacher 0.85 vs model 0.5 (the NaN image is ignored for the teacher only)
-        2: False,  # teacher worse
-        3: False,  # better by 0.02, within the 0.05 margin
-        4: True,  # no data: trusted
-        5: False,  # the teacher hallucinates a class neither the labels nor the model contain
-        6: True,  # the model hallucinates it, the teacher stays silent
+def counts(*rows: tuple[float, float, float]) -> DiceCounts:
+    """Per-image (intersection, total, pixels) rows."""
+    return DiceCounts(*np.asarray(rows, dtype=np.float64).reshape(-1, 3).T)
+
+
+def test_trust_needs_a_difference_outside_the_noise_band():
+    # class 1: the teacher clearly better on every image; class 2: clearly worse; class 3: the RESULTS tie
+    # (0.61111 vs 0.61109); class 4: never a teacher pixel
+    teacher = {
+        1: counts((45, 100, 200), (44, 100, 200), (46, 100, 200)),
+        2: counts((20, 100, 200), (22, 100, 200), (21, 100, 200)),
+        3: counts((61111, 200000, 9e5), (61111, 200000, 9e5)),
+        4: counts((0, 0, 0), (0, 0, 0)),
     }
-    assert "class 4 has no Dice score" in caplog.text
-    assert "class 5" in caplog.text and "class 6" in caplog.text
-    assert "class 1" not in caplog.text
-    # without a margin, class 3 is trusted; with a negative margin, the teacher may be a little worse
-    assert trusted_classes({3: [0.70]}, {3: [0.68]}, 0.0) == {3: True}
-    assert trusted_classes({2: [0.78]}, {2: [0.8]}, -0.05) == {2: True}
-    # a class missing from one mapping is a class without data on that side
-    assert trusted_classes({7: [nan]}, {}, 0.0) == {7: True}
+    model = {
+        1: counts((30, 100, 200), (31, 100, 200), (29, 100, 200)),
+        2: counts((40, 100, 200), (41, 100, 200), (39, 100, 200)),
+        3: counts((61109, 200000, 9e5), (61109, 200000, 9e5)),
+        4: counts((0, 0, 0), (0, 0, 0)),
+    }
+    for previous in ({}, {1: False, 2: True, 3: False, 4: False}, {3: True, 4: True}):
+        d = trust_decisions(teacher, model, previous, margin=0.02, noise_sigmas=2.0)
+        assert d[1].trusted and d[1].reason == "teacher"
+        assert not d[2].trusted and d[2].reason == "model"
+        assert d[3].trusted == previous.get(3, True) and d[3].reason == "kept"  # a 2e-5 lead changes nothing
+        assert d[4].trusted == previous.get(4, True) and d[4].reason == "no data" and d[4].pixels == 0
+    assert d[1].teacher_dice == pytest.approx(2 * 135 / 300, abs=1e-6)
+    assert d[1].model_dice == pytest.approx(2 * 90 / 300, abs=1e-6)
+    # an exact tie without a margin keeps the decision in force too
+    tie = trust_decisions({1: counts((5, 10, 10))}, {1: counts((5, 10, 10))}, {1: False}, 0.0, 2.0)
+    assert tie[1].trusted is False and tie[1].reason == "kept"
+
+
+def test_trust_band_grows_with_disagreement_between_images():
+    # the teacher wins by 0.1 on average, but one image in four says the opposite by as much: not evidence enough
+    teacher = counts((50, 100, 100), (50, 100, 100), (50, 100, 100), (30, 100, 100))
+    model = counts((40, 100, 100), (40, 100, 100), (40, 100, 100), (40, 100, 100))
+    d = trust_decisions({1: teacher}, {1: model}, {1: False}, margin=0.0, noise_sigmas=2.0)[1]
+    assert d.teacher_dice - d.model_dice > 0.02 and d.band > d.teacher_dice - d.model_dice
+    assert d.trusted is False and d.reason == "kept"
+    with pytest.raises(ValueError, match="margin"):
+        trust_decisions({1: teacher}, {1: model}, {}, margin=-0.1, noise_sigmas=2.0)

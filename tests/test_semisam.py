@@ -1,17 +1,24 @@
-"""The core method end to end on the phantom with a tiny teacher: no label reaches the prompts of unlabeled
-images, the pseudo-label loss has real gradients, refreshes happen, and a killed run resumes exactly."""
+"""The core method end to end on the phantom with a tiny teacher: no label of an unlabeled image is touched
+(guarded reader) or matters (scrambled labels give the same banks), trust is calibrated on held-out cases, the
+pseudo-label loss has real gradients, refreshes happen, and a killed run resumes exactly."""
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from semisam.config.loader import load_config
+from semisam.config.schema import ConfigError
+from semisam.data.errors import DataError
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
+from semisam.engine import trainer as trainer_module
 from semisam.engine.methods import SemiSAM, build_method
+from semisam.engine.refresh import PseudoLabelRefresher
 from semisam.engine.trainer import Trainer
 from semisam.student.unet import build_student
 from semisam.teacher import precompute as pc
@@ -47,38 +54,50 @@ def _cfg(root, tmp_path, out="run", *extra):
     return load_config(REPO / "configs/demo.yaml", overrides)
 
 
-@pytest.fixture()
-def unlabeled_without_labels(phantom_root, tmp_path):
-    """A copy of the phantom in which the unlabeled cases' label files do not exist."""
-    root = tmp_path / "data"
-    shutil.copytree(phantom_root, root)
-    cfg = _cfg(root, tmp_path)
-    split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
-    for case_id in split.unlabeled:
-        (root / cfg.data.label_dir / f"{case_id}{cfg.data.label_suffix}").unlink()
-    return root
+class LabelGuard:
+    """A reader through which the label of an unlabeled case cannot be touched unnoticed: every call of a
+    label-related method (``read_label``, ``has_label``, ``label_path``, ``label_location``, any name holding
+    "label") about one of ``unlabeled`` is recorded in ``touched`` and then raises :class:`DataError`. The record
+    survives code that catches the error or checks ``has_label`` first: the test looks at it after the run."""
+
+    def __init__(self, reader, unlabeled):
+        self._reader = reader
+        self._unlabeled = set(unlabeled)
+        self.touched: list[tuple[str, str]] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._reader, name)
+        if "label" not in name or not callable(attr):
+            return attr
+
+        def guarded(case_id, *args, **kwargs):
+            if case_id in self._unlabeled:
+                self.touched.append((name, case_id))
+                raise DataError(f"{name}({case_id!r}): the label of an unlabeled case")
+            return attr(case_id, *args, **kwargs)
+
+        return guarded
 
 
-def test_no_label_reaches_the_prompts_of_unlabeled_images(
-    unlabeled_without_labels, tmp_path, tiny_teacher, monkeypatch
-):
-    cfg = _cfg(unlabeled_without_labels, tmp_path)
-    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
-    seen = []
-    real = pl_module.prompts_from_probabilities
+def _guarded_run(cfg, teacher, monkeypatch, raise_errors=True):
+    """Train ``cfg`` (two refreshes) through a :class:`LabelGuard` reader; return the guard, the run's banks."""
+    real = build_reader(cfg.data)
+    guard = LabelGuard(real, resolve_split(cfg.data, real.case_ids()).unlabeled)
+    monkeypatch.setattr(trainer_module, "build_reader", lambda data_cfg: guard)
+    try:
+        Trainer(cfg, progress=False, teacher=teacher).fit()
+    except DataError:
+        if raise_errors:
+            raise
+    banks = sorted((Path(cfg.output_dir) / "pseudo_labels").glob("bank_*.npz"))
+    return guard, banks
 
-    def recording(probs, *args, **kwargs):
-        seen.append(probs)
-        return real(probs, *args, **kwargs)
 
-    monkeypatch.setattr(pl_module, "prompts_from_probabilities", recording)
-    result = Trainer(cfg, progress=False, teacher=tiny_teacher).fit()  # reading an unlabeled label would raise
-    assert result.iterations == 6
-    assert seen, "no refresh happened"
-    for probs in seen:  # what the prompt builder saw: soft probabilities, not a label map
-        assert probs.dtype == np.float32 and probs.ndim == 3 and probs.shape[0] == 4
-        assert np.allclose(probs.sum(0), 1, atol=1e-4)
-    banks = sorted((tmp_path / "run" / "pseudo_labels").glob("bank_*.npz"))
+def test_no_label_of_an_unlabeled_case_is_touched_by_a_run(phantom_root, tmp_path, tiny_teacher, monkeypatch):
+    cfg = _cfg(phantom_root, tmp_path)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    guard, banks = _guarded_run(cfg, tiny_teacher, monkeypatch)
+    assert guard.touched == []  # not read, not even asked whether it exists
     assert [int(p.stem.split("_")[1]) for p in banks] == [2, 4]
     with (tmp_path / "run" / "metrics.csv").open() as f:
         tags = {r["tag"] for r in csv.DictReader(f)}
@@ -90,9 +109,65 @@ def test_no_label_reaches_the_prompts_of_unlabeled_images(
     } <= tags
 
 
+def test_pseudo_labels_do_not_depend_on_the_labels_of_unlabeled_cases(phantom_root, tmp_path, tiny_teacher):
+    """Whatever path a leak takes (even reading the files directly), scrambling the unlabeled cases' label files
+    must not change a single pseudo-label."""
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(phantom_root, scrambled)
+    cfg = _cfg(phantom_root, tmp_path, "true")
+    rng = np.random.default_rng(0)
+    for case_id in resolve_split(cfg.data, build_reader(cfg.data).case_ids()).unlabeled:
+        path = scrambled / cfg.data.label_dir / f"{case_id}{cfg.data.label_suffix}"
+        label = np.asarray(Image.open(path))
+        Image.fromarray(rng.integers(0, cfg.data.num_classes, label.shape).astype(label.dtype)).save(path)
+    runs = []
+    for root, out in ((phantom_root, "true"), (scrambled, "scrambled")):
+        cfg = _cfg(root, tmp_path, out)
+        pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+        Trainer(cfg, progress=False, teacher=tiny_teacher).fit()
+        runs.append(sorted((tmp_path / out / "pseudo_labels").glob("bank_*.npz")))
+    assert len(runs[0]) == len(runs[1]) == 2
+    for a, b in zip(*runs, strict=True):
+        with np.load(a) as x, np.load(b) as y:
+            assert x.files == y.files
+            for key in x.files:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def _leaky_probabilities(kind):
+    """Planted leaks, each of which the old test (label files deleted, prompts checked to sum to one) let pass."""
+
+    def leaky(self, model, items):
+        probs = real_model_probabilities(self, model, items)
+        reader = self.loader.reader
+        for i, (case_id, k) in enumerate(items):
+            if kind == "has_label" and not reader.has_label(case_id):
+                continue
+            try:
+                label = self.loader.label_slice(case_id, k)
+            except DataError:  # "caught": an unlabeled case without a label file falls back to the model
+                continue
+            probs[i] = np.eye(probs[i].shape[0], dtype=np.float32)[label].transpose(2, 0, 1)  # one-hot, sums to 1
+        return probs
+
+    return leaky
+
+
+real_model_probabilities = pl_module.PseudoLabeler.model_probabilities
+
+
+@pytest.mark.parametrize("kind", ["has_label", "caught_error"])
+def test_the_label_guard_catches_planted_leaks(phantom_root, tmp_path, tiny_teacher, monkeypatch, kind):
+    cfg = _cfg(phantom_root, tmp_path)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    monkeypatch.setattr(pl_module.PseudoLabeler, "model_probabilities", _leaky_probabilities(kind))
+    guard, _ = _guarded_run(cfg, tiny_teacher, monkeypatch, raise_errors=False)
+    assert guard.touched, f"the {kind} leak went unnoticed"
+
+
 def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_root, tmp_path, tiny_teacher):
     cfg = _cfg(phantom_root, tmp_path, "run", "pseudo_labels.min_model_dice=1.0")
-    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
     trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
     trainer.fit()
     assert not list((tmp_path / "run" / "pseudo_labels").glob("bank_*.npz"))
@@ -103,6 +178,35 @@ def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_r
     timed = [r for r in rows if r["tag"] == "time/refresh_s"]  # a skipped refresh still costs its calibration
     assert [r["iteration"] for r in timed] == ["2", "4"] and all(float(r["value"]) > 0 for r in timed)
     assert all(float(r["value"]) == 0 for r in rows if r["tag"] == "pseudo/batch_fraction_kept")
+
+
+def test_trust_is_calibrated_on_held_out_cases_spread_over_them(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    split = trainer.split
+    calibration = [case_id for case_id, _ in trainer.refresher.calibration_items]
+    # never the memorised labeled training images, nor an unlabeled one: the val cases, first to last
+    assert len(calibration) == cfg.pseudo_labels.calibration_images == 3
+    assert set(calibration) <= set(split.val)
+    assert calibration[0] == split.val[0] and calibration[-1] == split.val[-1]
+
+
+def test_unlabeled_batches_carry_a_strong_view_for_the_student(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    assert trainer.method.bank_source is trainer.refresher  # the pseudo-label ramp follows the real banks
+    batch = next(iter(trainer._loader(trainer.unlabeled_items, False, 2, 1)))
+    assert batch["strong_image"].shape == batch["image"].shape
+    assert not torch.equal(batch["strong_image"], batch["image"])  # photometric changes on top of the weak view
+    assert "strong_image" not in next(iter(trainer._loader(trainer.labeled_items, True, 2, 0)))
+
+
+def test_calibration_without_held_out_cases_is_refused(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)  # trust=calibrate
+    with pytest.raises(ConfigError, match="held-out"):
+        PseudoLabelRefresher(cfg, build_reader(cfg.data), [], [("x", -1)], None, torch.device("cpu"), tmp_path)
 
 
 def test_pseudo_label_loss_gives_finite_nonzero_gradients(phantom_root, tmp_path):
@@ -126,7 +230,7 @@ def test_pseudo_label_loss_gives_finite_nonzero_gradients(phantom_root, tmp_path
 
 def test_killed_after_a_refresh_resumes_on_the_same_bank(phantom_root, tmp_path, tiny_teacher):
     cfg_a = _cfg(phantom_root, tmp_path, "a")
-    pc.precompute(cfg_a, teacher=tiny_teacher, splits=["labeled", "unlabeled"], priors=False, progress=False)
+    pc.precompute(cfg_a, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
     straight = Trainer(cfg_a, progress=False, teacher=tiny_teacher)
     straight.fit()
     cfg_b = _cfg(phantom_root, tmp_path, "b")

@@ -265,8 +265,12 @@ class BenchmarkRunner:
         from semisam.teacher.precompute import precompute
 
         self.teacher = self.teacher or build_teacher(cfg.teacher)
-        splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled")
-        report = precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors)
+        # val: the pseudo-label refreshes calibrate trust on held-out labeled cases
+        splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled", "val")
+        keep = ("labeled", "unlabeled", "val") if any(m.uses_pseudo_labels for m in self.methods) else None
+        report = precompute(
+            cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors, keep_embeddings_of=keep
+        )
         self.precompute_report = {
             "cache": str(report.root),
             "computed_cases": len(report.computed),

@@ -167,8 +167,9 @@ class SliceDataset(Dataset):
     ``cfg.in_memory``), which holds every item already normalised and at the training size, so a sample is only
     augmented; otherwise each sample is read from disk, augmented at its native size and then resized. Training
     samples (``train``) get the weak pipeline: spatial transforms applied jointly to every map, then the
-    brightness/contrast jitter ``cfg.augmentation.weak_brightness_contrast`` on the image channels;
-    ``strong`` adds the photometric augmentation on top.
+    brightness/contrast jitter ``cfg.augmentation.weak_brightness_contrast`` on the image channels.
+    ``strong`` adds ``strong_image``: float32 (C, H, W), the same weakly augmented ``image`` with photometric
+    augmentation of its channels on top (the student's view; ``image`` stays the weak view for the EMA model).
     A labeled dataset checks its cases at construction (:func:`check_labeled_cases`): labels exist and not all
     of them are background.
     """
@@ -259,14 +260,15 @@ class SliceDataset(Dataset):
         image = cont["image"]
         if self.intensity is not None:
             image = apply_photometric(self.intensity, image, None if seed is None else seed + 2)
-        if self.photometric is not None:
-            image = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "case_id": case_id,
             "slice_index": slice_index,
             "index": index,
         }
+        if self.photometric is not None:
+            strong = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
+            sample["strong_image"] = torch.from_numpy(np.ascontiguousarray(strong, dtype=np.float32))
         if self.labeled:
             sample["label"] = torch.from_numpy(disc["label"].astype(np.int64))
         if self.bank is not None:

@@ -12,14 +12,19 @@ Each method turns batches into a loss; the :class:`~semisam.engine.trainer.Train
   at eval) or in one joint pass as SSL4MIS does.
 - ``semisam``: the mean-teacher loss (its consistency term off when ``consistency_weight`` is 0) + v(t) * a
   weighted Dice + CE towards the teacher's rectified pseudo-labels on unlabeled images, each pixel counted by
-  its weight (0 where the rectification ignores it); v(t) ramps from 0 at the end of ``pseudo_labels.warmup``
-  to ``pseudo_labels.weight`` over ``pseudo_labels.rampup`` of the run. SAMAug priors, when enabled, are already
-  in the input.
+  its weight (0 where the rectification ignores it, ``1 - uncertainty`` of its label where it is kept); v(t)
+  ramps from 0 at the first refresh that actually produced a bank (refreshes skipped for a weak model do not
+  count: a late first bank must not arrive at full weight) to ``pseudo_labels.weight`` over
+  ``pseudo_labels.rampup`` of the run. With ``pseudo_labels.strong_augmentation`` the student sees its unlabeled
+  images with photometric (strong) augmentation on top of the spatial (weak) one, while the EMA model's
+  consistency target is computed on the weak view (FixMatch's weak/strong split; the pseudo-labels themselves
+  come from the un-augmented image at refresh time). SAMAug priors, when enabled, are already in the input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -86,10 +91,10 @@ class MeanTeacher(Method):
         m = self.cfg.method
         if m.forward == "joint":  # one pass, as SSL4MIS does: batch norm shares statistics across both batches
             num_labeled = labeled["image"].shape[0]
-            logits = model(torch.cat([labeled["image"], unlabeled["image"]]))
+            logits = model(torch.cat([labeled["image"], self.student_input(unlabeled)]))
             logits_l, logits_u = logits[:num_labeled], logits[num_labeled:]
         else:  # each batch normalised by its own statistics
-            logits_l, logits_u = model(labeled["image"]), model(unlabeled["image"])
+            logits_l, logits_u = model(labeled["image"]), model(self.student_input(unlabeled))
         sup = self.supervised_loss(logits_l, labeled["label"])
         loss = sup
         logs = {"loss/supervised": float(sup.detach())}
@@ -119,6 +124,10 @@ class MeanTeacher(Method):
                 preview[f"unlabeled_{key}"] = unlabeled[key]
         return StepOutput(loss, logs, _detach(preview))
 
+    def student_input(self, unlabeled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The student's view of the unlabeled batch (B, C, H, W): the same (weak) view the EMA model sees."""
+        return unlabeled["image"]
+
     def unlabeled_terms(
         self, logits_u: torch.Tensor, unlabeled: dict, iteration: int, loss: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -126,18 +135,45 @@ class MeanTeacher(Method):
         return loss, {}
 
 
+class BankSource(Protocol):
+    """Where the pseudo-label bank comes from (the run's refresher): the iteration of the first refresh that
+    produced a bank in this run, ``None`` while there is none."""
+
+    @property
+    def first_bank_iteration(self) -> int | None: ...
+
+
 class SemiSAM(MeanTeacher):
-    """The mean teacher plus the loss towards the frozen teacher's rectified pseudo-labels."""
+    """The mean teacher plus the loss towards the frozen teacher's rectified pseudo-labels.
+
+    ``bank_source``: set by the trainer to the run's refresher, so that the pseudo-label weight ramps from the
+    first bank that exists rather than from the scheduled warm-up."""
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
-        m = cfg.method
+        m, pl = cfg.method, cfg.pseudo_labels
         self.pseudo_label_loss = WeightedDiceCELoss(cfg.data.num_classes, m.dice_weight, m.ce_weight)
+        self.bank_source: BankSource | None = None
+        # the trainer asks for a strong view of unlabeled images when this is set
+        self.strong_unlabeled = pl.enabled and pl.strong_augmentation
+
+    def student_input(self, unlabeled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The strongly augmented view when the batch has one (``strong_image``), else the weak one."""
+        if self.strong_unlabeled and "strong_image" in unlabeled:
+            return unlabeled["strong_image"]
+        return unlabeled["image"]
 
     def pseudo_label_weight(self, iteration: int) -> float:
-        """v(t): 0 during the warm-up, then the ramp to ``pseudo_labels.weight``."""
+        """v(t): 0 until a bank exists, then the ramp to ``pseudo_labels.weight`` over ``pseudo_labels.rampup`` of
+        the run, counted from the first refresh that produced a bank. Without a ``bank_source`` (a method used
+        outside the trainer) the ramp starts at the scheduled first refresh, ``pseudo_labels.warmup``."""
         pl, total = self.cfg.pseudo_labels, self.cfg.schedule.iterations
-        start = pl.warmup * total
+        if self.bank_source is not None:
+            start = self.bank_source.first_bank_iteration
+            if start is None:
+                return 0.0
+        else:
+            start = pl.warmup * total
         if iteration < start:
             return 0.0
         return pl.weight * sigmoid_rampup(iteration - start, pl.rampup * total)
@@ -147,10 +183,12 @@ class SemiSAM(MeanTeacher):
             return loss, {}
         pl_loss = self.pseudo_label_loss(logits_u, unlabeled["pseudo_label"], unlabeled["weight"])
         weight = self.pseudo_label_weight(iteration)
+        pixel_weight = unlabeled["weight"].float()
         logs = {
             "loss/pseudo_label": float(pl_loss.detach()),
             "weight/pseudo_label": weight,
-            "pseudo/batch_fraction_kept": float(unlabeled["weight"].float().mean()),
+            "pseudo/batch_fraction_kept": float((pixel_weight > 0).float().mean()),
+            "pseudo/batch_mean_weight": float(pixel_weight.mean()),
         }
         return loss + weight * pl_loss, logs
 

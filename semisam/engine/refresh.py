@@ -2,7 +2,10 @@
 
 After the warm-up (``pseudo_labels.warmup`` of the run), every ``pseudo_labels.refresh_every`` iterations, the
 EMA model labels every unlabeled item through the frozen teacher (:mod:`semisam.teacher.pseudo_labels`), after
-a trust calibration on labeled items when ``pseudo_labels.trust=calibrate``. Each bank is saved as
+a check of the model and (``pseudo_labels.trust=calibrate``) a trust calibration on held-out labeled items:
+``pseudo_labels.calibration_images`` slices spread evenly over the val cases. Not the labeled training images:
+the student has memorised those, so its own score there says nothing about its score on unlabeled images (and
+never the labels of unlabeled images). Each bank is saved as
 ``<run>/pseudo_labels/bank_<iteration>.npz`` (atomically; the last two are kept), so a run resumed at iteration
 t trains on the bank of the last refresh at or before t, exactly as the uninterrupted run did.
 
@@ -20,12 +23,12 @@ from pathlib import Path
 import torch
 
 from semisam import distributed
-from semisam.config.schema import RunConfig
+from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.readers import CaseReader
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest
-from semisam.teacher.pseudo_labels import BankEntry, PseudoLabelBank, PseudoLabeler
+from semisam.teacher.pseudo_labels import BankEntry, PseudoLabelBank, PseudoLabeler, spread
 
 logger = logging.getLogger("semisam")
 
@@ -40,20 +43,30 @@ class PseudoLabelRefresher:
         self,
         cfg: RunConfig,
         reader: CaseReader,
-        labeled_items: list[Item],
+        held_out_items: list[Item],
         unlabeled_items: list[Item],
         priors: CacheStore | None,
         device: torch.device,
         run_dir: Path,
         teacher=None,
     ) -> None:
+        """``held_out_items``: slices of labeled cases the student never trains on (the val split); the
+        calibration and the model check use ``pseudo_labels.calibration_images`` of them, spread evenly."""
         from semisam.teacher.engine import build_teacher
         from semisam.teacher.precompute import identity_of
 
         self.cfg = cfg
         self.reader = reader
         self.unlabeled_items = unlabeled_items
-        self.calibration_items = labeled_items[: cfg.pseudo_labels.calibration_images]
+        pl = cfg.pseudo_labels
+        self.calibration_items = spread(held_out_items, pl.calibration_images)
+        if not self.calibration_items and (pl.trust == "calibrate" or pl.min_model_dice > 0):
+            raise ConfigError(
+                "pseudo_labels.trust=calibrate and pseudo_labels.min_model_dice > 0 need held-out labeled cases "
+                "(data.split.val, or val_fraction) to score the teacher and the model on: the labeled training "
+                "images are memorised by the student. Give a val split, or set pseudo_labels.trust=all|none and "
+                "pseudo_labels.min_model_dice=0."
+            )
         self.bank_dir = run_dir / "pseudo_labels"
         self.main = distributed.is_main()
         self.bank = PseudoLabelBank()
@@ -81,6 +94,11 @@ class PseudoLabelRefresher:
         return dict.fromkeys(range(1, self.cfg.data.num_classes), mode != "none")
 
     # ---------------------------------------------------------------- schedule
+    @property
+    def first_bank_iteration(self) -> int | None:
+        """The iteration of this run's first refresh that produced a bank; ``None`` while there is none."""
+        return self.bank.first_iteration if self.bank.entries else None
+
     @property
     def first_refresh(self) -> int:
         return int(self.cfg.pseudo_labels.warmup * self.cfg.schedule.iterations)
@@ -130,17 +148,17 @@ class PseudoLabelRefresher:
         pl = self.cfg.pseudo_labels
         scalars: dict[str, float] = {}
         if self.calibration_items:
-            # labeled calibration items only: their labels score the teacher and the model, never prompt
+            # held-out labeled items only: their labels score the teacher and the model, never prompt
             labels = [self.labeler.loader.label_slice(case_id, k) for case_id, k in self.calibration_items]
-            trusted, scalars, model_dice = self.labeler.calibrate(model, self.calibration_items, labels, seed)
-            if pl.trust == "calibrate":
-                self.trusted = trusted
+            trusted, scalars, model_dice = self.labeler.calibrate(
+                model, self.calibration_items, labels, seed, previous=self.trusted
+            )
             if not model_dice >= pl.min_model_dice:  # NaN too: the model finds nothing to prompt from
                 scalars["pseudo/skipped"] = 1.0
                 scalars["time/refresh_s"] = time.perf_counter() - tic  # the calibration cost a skipped one too
                 log.scalars(iteration, scalars)
                 logger.warning(
-                    "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the labeled calibration "
+                    "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the held-out calibration "
                     "images is %.3f < pseudo_labels.min_model_dice=%.2f, so its prompts would be noise; "
                     "the current bank (%s) stays",
                     iteration,
@@ -149,8 +167,13 @@ class PseudoLabelRefresher:
                     f"iteration {self.bank.iteration}" if self.bank.entries else "empty: no pseudo-label loss yet",
                 )
                 return self.bank
+            if pl.trust == "calibrate":  # only with a bank: the decision in force is the last bank's (resumable)
+                self.trusted = trusted
         results, stats = self.labeler.label(model, self.unlabeled_items, self.trusted, seed + 1)
-        bank = PseudoLabelBank(iteration=iteration, trusted=dict(self.trusted))
+        first = self.first_bank_iteration
+        bank = PseudoLabelBank(
+            iteration=iteration, trusted=dict(self.trusted), first_iteration=iteration if first is None else first
+        )
         bank.entries = {i: BankEntry.from_rectified(r.rectified) for i, r in enumerate(results)}
         bank.save(self._bank_path(iteration))
         for old in sorted(self.bank_dir.glob("bank_*.npz"))[:-KEEP_BANKS]:

@@ -123,13 +123,14 @@ class Trainer:
             self.refresher = PseudoLabelRefresher(
                 cfg,
                 self.reader,
-                self.labeled_items,
+                expand_to_slices(self.reader, self.split.val),  # held-out labels calibrate trust, not memorised ones
                 self.unlabeled_items,
                 self.priors,
                 self.device,
                 self.run_dir,
                 teacher,
             )
+            self.method.bank_source = self.refresher  # the pseudo-label ramp starts at the first real bank
         # every training slice decoded, normalised and resized once (a bad file stops the run here, named)
         self.stores: dict[bool, SliceStore | None] = {True: None, False: None}
         if cfg.data.in_memory:
@@ -219,12 +220,14 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
         bank = self.refresher.bank if (self.refresher is not None and not labeled) else None
+        strong = not labeled and getattr(self.method, "strong_unlabeled", False)  # the student's strong view
         dataset = SliceDataset(
             self.reader,
             items,
             self.cfg.data,
             labeled=labeled,
             train=True,
+            strong=strong,
             priors=self.priors,
             bank=bank,
             store=self.stores[labeled],
@@ -350,7 +353,8 @@ class Trainer:
         if self.priors is not None:
             raw = self.cfg.priors.alternate and self.iteration % 2 == 1
             batch["raw_image"] = batch["image"]
-            batch["image"] = fuse_priors(batch["image"], None if raw else batch["priors"], self.cfg.priors.fusion)
+            for key in ("image", "strong_image") if "strong_image" in batch else ("image",):
+                batch[key] = fuse_priors(batch[key], None if raw else batch["priors"], self.cfg.priors.fusion)
         return batch
 
     def _optimise(self, loss: torch.Tensor) -> None:

@@ -12,13 +12,13 @@ import logging
 
 import torch
 
-from semisam.config.schema import RunConfig
+from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.teacher.cache import CacheStore, cache_root
 from semisam.teacher.precompute import precompute
-from semisam.teacher.pseudo_labels import PseudoLabeler, score_against_labels
+from semisam.teacher.pseudo_labels import PseudoLabeler, score_against_labels, spread
 
 logger = logging.getLogger("semisam")
 
@@ -36,13 +36,13 @@ def analyze_pseudo_labels(
     teacher = teacher or build_teacher(cfg.teacher)
     reader = build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())
-    cfg.pseudo_labels.calibration_images = min(cfg.pseudo_labels.calibration_images, limit)
-    precompute(cfg, teacher=teacher, splits=["labeled", "unlabeled"], limit=limit, progress=progress, priors=False)
+    # trust is calibrated on held-out labeled cases (val), as in training
+    precompute(cfg, teacher=teacher, splits=["unlabeled", "val"], limit=limit, progress=progress, priors=False)
     priors = None
     if cfg.priors.enabled:
         from semisam.teacher.precompute import open_prior_store
 
-        priors = open_prior_store(cfg, [*split.labeled[:limit], *split.unlabeled[:limit]])
+        priors = open_prior_store(cfg, [*split.val[:limit], *split.unlabeled[:limit]])
     labeler = PseudoLabeler(
         cfg, teacher, CaseLoader(reader, cfg.data, priors), CacheStore(cache_root(cfg), "embeddings"), priors, device
     )
@@ -50,7 +50,9 @@ def analyze_pseudo_labels(
     trusted = dict.fromkeys(range(1, cfg.data.num_classes), cfg.pseudo_labels.trust != "none")
     scores: dict = {}
     if cfg.pseudo_labels.trust == "calibrate":
-        calib = expand_to_slices(reader, split.labeled[:limit])[: cfg.pseudo_labels.calibration_images]
+        calib = spread(expand_to_slices(reader, split.val[:limit]), cfg.pseudo_labels.calibration_images)
+        if not calib:
+            raise ConfigError("pseudo_labels.trust=calibrate needs val cases (data.split.val) to calibrate on")
         labels = [labeler.loader.label_slice(c, k) for c, k in calib]
         trusted, calibration, _ = labeler.calibrate(model, calib, labels, seed=cfg.seed)
         scores["calibration"] = calibration

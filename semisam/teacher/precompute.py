@@ -6,8 +6,9 @@ generator for point-capable teachers, the box grid for box-only ones), turn the 
 the case atomically. Finished cases are skipped, so an interrupted run resumes where it stopped; a cache made by
 another teacher or with other settings is rebuilt (see :mod:`semisam.teacher.cache`).
 
-Embeddings are kept for training cases (labeled + unlabeled: the pseudo-label refreshes decode prompts on them)
-when ``teacher.cache_embeddings`` is set; priors are kept for every case the student will see.
+Embeddings are kept, when ``teacher.cache_embeddings`` is set, for the cases the pseudo-label refreshes decode
+prompts on: training cases (labeled + unlabeled) and, for a config that trains on pseudo-labels, the val cases
+(held-out labels calibrate the teacher's trust). Priors are kept for every case the student will see.
 
 Under torchrun (``torchrun --nproc_per_node=N tools/precompute.py ...``) rank r computes every N-th case of one
 fixed order, so each case is computed by exactly one process. Rank 0 prepares the stores (wipes a stale one,
@@ -42,6 +43,13 @@ logger = logging.getLogger("semisam")
 
 SPLIT_NAMES = ("labeled", "unlabeled", "val", "test")
 TRAIN_SPLITS = ("labeled", "unlabeled")
+
+
+def embedding_splits(cfg: RunConfig) -> tuple[str, ...]:
+    """The splits whose embeddings are kept: training cases, and the val cases the pseudo-label refreshes
+    calibrate on when ``cfg`` trains on pseudo-labels."""
+    uses_pseudo_labels = cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+    return (*TRAIN_SPLITS, "val") if uses_pseudo_labels else TRAIN_SPLITS
 
 
 @dataclass
@@ -112,12 +120,13 @@ def _slices(image: np.ndarray) -> list[np.ndarray]:
     return [image] if image.ndim == 3 else [image[:, k] for k in range(image.shape[1])]
 
 
-def _case_order(split: Split, splits: Sequence[str]) -> list[tuple[str, bool]]:
-    """Unique cases of the requested splits in split order, with whether they are training cases."""
+def _case_order(split: Split, splits: Sequence[str], keep: Sequence[str]) -> list[tuple[str, bool]]:
+    """Unique cases of the requested splits in split order, with whether their embeddings are kept (a case of
+    one of the ``keep`` splits)."""
     seen: dict[str, bool] = {}
     for name in splits:
         for case_id in getattr(split, name):
-            seen[case_id] = seen.get(case_id, False) or name in TRAIN_SPLITS
+            seen[case_id] = seen.get(case_id, False) or name in keep
     return list(seen.items())
 
 
@@ -131,6 +140,7 @@ def precompute(
     progress: bool = True,
     reader: CaseReader | None = None,
     priors: bool = True,
+    keep_embeddings_of: Sequence[str] | None = None,
 ) -> PrecomputeReport:
     """Compute and cache embeddings and prior maps for the configured data set.
 
@@ -143,6 +153,8 @@ def precompute(
             in a process group, the others wait for it and everyone waits for the last rank at the end.
         priors: also compute the prior maps (the everything mode, the slow part on a CPU); ``False`` computes
             only the embeddings that pseudo-labels need.
+        keep_embeddings_of: the splits whose embeddings are kept (default: :func:`embedding_splits` of ``cfg``;
+            a caller preparing a cache for several configs names them).
     """
     from semisam.teacher.engine import build_teacher
 
@@ -167,14 +179,15 @@ def precompute(
             store.prepare(expected_manifest(cfg, kind, identity))
     distributed.barrier()  # the stores are ready (a stale one wiped) before any rank writes into them
 
-    cases = _case_order(split, splits)[rank::world_size]
+    keep = embedding_splits(cfg) if keep_embeddings_of is None else tuple(keep_embeddings_of)
+    cases = _case_order(split, splits, keep)[rank::world_size]
     report = PrecomputeReport(root=root)
     todo = []
-    for case_id, is_train in cases:
-        need_emb = keep_embeddings and is_train and not stores["embeddings"].has(case_id)
+    for case_id, keeps_embedding in cases:
+        need_emb = keep_embeddings and keeps_embedding and not stores["embeddings"].has(case_id)
         need_pri = priors and not stores["priors"].has(case_id)
         if need_emb or need_pri:
-            todo.append((case_id, is_train, need_emb, need_pri))
+            todo.append((case_id, keeps_embedding, need_emb, need_pri))
         else:
             report.skipped += 1
     logger.info(

@@ -8,16 +8,18 @@ One refresh, for a set of 2D items (slices) of unlabeled images:
    label, and unlabeled items are read through a path that never opens one;
 3. each prompt and its ``perturbations`` jittered copies are decoded by the teacher on the cached image
    embeddings, all prompts of a batch of images in batched decoder calls;
-4. per class, the mean of the K+1 sigmoid maps and its uncertainty (:mod:`semisam.teacher.rectify`); several
-   components of one class combine by pixel-wise maximum of their means (the uncertainty of the component
-   that gives the maximum);
+4. per class, inside its prompt boxes, the mean of the K+1 sigmoid maps and its uncertainty
+   (:mod:`semisam.teacher.rectify`); several components of one class combine by pixel-wise maximum of their
+   means (the uncertainty of the component that gives the maximum); outside every box of the class the teacher
+   was not asked, and the class's evidence there is the model's own (a predicted object left without a prompt
+   is not "certainly background");
 5. classes the teacher is not trusted with, or was not asked about (no component to prompt), contribute the
    model's own probabilities and uncertainty instead — an unprompted class is not "certainly absent";
 6. the classes fuse into one label map, and :func:`~semisam.teacher.rectify.rectify` keeps what the teacher is
    sure of, takes the model's label where the teacher is unsure but the model is confident, and ignores the rest.
 
-The same pipeline on labeled images (prompts still from the model) calibrates per-class trust against their
-labels (:meth:`PseudoLabeler.calibrate`).
+The same pipeline on held-out labeled images (prompts still from the model) calibrates per-class trust against
+their labels (:meth:`PseudoLabeler.calibrate`).
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ from semisam.evaluation.inference import predict_probabilities
 from semisam.teacher.cache import CacheStore
 from semisam.teacher.prompts import ClassPrompt, perturb_prompts, prompts_from_probabilities
 from semisam.teacher.rectify import (
+    SOURCE_TEACHER,
     ClassEvidence,
+    DiceCounts,
     Rectified,
     dice_per_class,
     evidence_from_model,
     fuse_classes,
     mean_and_uncertainty,
     rectify,
-    trusted_classes,
+    trust_decisions,
 )
 from semisam.utils import atomic_write_bytes
 
@@ -55,7 +59,7 @@ logger = logging.getLogger("semisam")
 @dataclass
 class BankEntry:
     """The pseudo-label of one item at its original size: ``label`` uint8 (H, W), ``weight`` float16 (H, W) in
-    {0, 1}, ``uncertainty`` float16 (H, W) in [0, 1], ``source`` uint8 (H, W) (0 ignored, 1 teacher, 2 model)."""
+    [0, 1], ``uncertainty`` float16 (H, W) in [0, 1], ``source`` uint8 (H, W) (0 ignored, 1 teacher, 2 model)."""
 
     label: np.ndarray
     weight: np.ndarray
@@ -75,15 +79,18 @@ class BankEntry:
 @dataclass
 class PseudoLabelBank:
     """Pseudo-labels of the unlabeled items, keyed by item index, as of ``iteration``; saved atomically so that a
-    resumed run trains on the same bank."""
+    resumed run trains on the same bank. ``first_iteration``: the iteration of the run's first bank (the
+    pseudo-label loss ramps from there); ``trusted``: the per-class trust it was made with."""
 
     iteration: int = -1
     entries: dict[int, BankEntry] = field(default_factory=dict)
     trusted: dict[int, bool] = field(default_factory=dict)
+    first_iteration: int = -1
 
     def save(self, path: Path) -> None:
         arrays: dict[str, np.ndarray] = {
             "iteration": np.array(self.iteration),
+            "first_iteration": np.array(self.first_iteration),
             "trusted_classes": np.array(sorted(self.trusted), dtype=np.int64),
             "trusted_flags": np.array([self.trusted[k] for k in sorted(self.trusted)], dtype=bool),
         }
@@ -100,6 +107,8 @@ class PseudoLabelBank:
     def load(cls, path: Path) -> PseudoLabelBank:
         with np.load(path, allow_pickle=False) as data:
             bank = cls(iteration=int(data["iteration"]))
+            # banks written before first_iteration existed: their own iteration is the best known start
+            bank.first_iteration = int(data["first_iteration"]) if "first_iteration" in data.files else bank.iteration
             bank.trusted = {
                 int(k): bool(v) for k, v in zip(data["trusted_classes"], data["trusted_flags"], strict=True)
             }
@@ -114,13 +123,16 @@ class PseudoLabelBank:
 
 @dataclass
 class PseudoLabelResult:
-    """One item's outcome: the rectified pseudo-label, the teacher's fused label before rectification, and the
-    model's probabilities (K, H, W) the prompts came from."""
+    """One item's outcome: the rectified pseudo-label, the fused label before rectification (int64 (H, W)), the
+    model's probabilities (K, H, W) the prompts came from, the number of prompts decoded (0: the teacher was not
+    asked), and per prompted class the bool (H, W) region its prompt boxes cover (where the class's evidence is
+    the teacher's; elsewhere it is the model's)."""
 
     rectified: Rectified
     teacher_label: np.ndarray
     model_probs: np.ndarray
-    prompts: int = 0  # prompts decoded for this image (0: the teacher was not asked)
+    prompts: int = 0
+    covered: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,7 +285,7 @@ class PseudoLabeler:
             prompt_sets = [self._prompt_sets(p, teacher_classes, rng) for p, rng in zip(probs, rngs, strict=True)]
             decoded = self._decode(chunk, prompt_sets)
             for p, sets, maps in zip(probs, prompt_sets, decoded, strict=True):
-                evidence = _class_evidence(sets, maps, pl.uncertainty)
+                evidence, covered = _class_evidence(sets, maps, p, pl.uncertainty)
                 # classes the teacher was not asked about (untrusted, or no prompt because the model predicts no
                 # component) keep the model's own doubt instead of counting as certainly absent
                 prompted = {prompt.class_index for prompt, _ in sets}
@@ -285,45 +297,92 @@ class PseudoLabeler:
                 label, uncertainty = fuse_classes(evidence, p.shape[-2:])
                 if not sets:  # the teacher was asked nothing: every pixel rests on the model's confidence alone
                     uncertainty = np.ones_like(uncertainty)
-                r = rectify(label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence)
-                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets)))
+                r = rectify(
+                    label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence, pl.uncertainty_weighting
+                )
+                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets), covered))
                 stats.add(r, sum(len(g) for _, g in sets))
         model.train(was_training)
         return results, stats
 
     def calibrate(
-        self, model: torch.nn.Module, items: Sequence[Item], labels: Sequence[np.ndarray], seed: int
+        self,
+        model: torch.nn.Module,
+        items: Sequence[Item],
+        labels: Sequence[np.ndarray],
+        seed: int,
+        previous: dict[int, bool] | None = None,
     ) -> tuple[dict[int, bool], dict[str, float], float]:
-        """Per-class trust from labeled items: the teacher's rectified output (ignored pixels filled with the
-        model's label, a complete map) against the model's argmax, each scored by Dice against the labels.
-        The prompts still come from the model's predictions; the labels only score the two outputs."""
+        """Per-class trust from held-out labeled items (:func:`~semisam.teacher.rectify.trust_decisions`), and
+        the model's own foreground Dice there (the refresh's check that its prompts are worth decoding).
+
+        The prompts come from the model's predictions, as on unlabeled images; the labels only score. Each class
+        is judged on the teacher's own pixels: inside its prompt boxes, where the rectified label is the
+        teacher's certain answer (source 1); the teacher's label there and the model's argmax there are each
+        scored against the labels. ``previous``: the decisions in force (kept when the difference is inside the
+        noise band; default: the teacher for every class).
+
+        Args:
+            items: held-out labeled items (never training labels: the student has memorised those).
+            labels: their int64 (H, W) label maps, in the same order.
+
+        Returns:
+            ``(trusted, scalars, model_dice)``: ``{class: trust the teacher}``, TensorBoard scalars, and the
+            model's mean foreground Dice over all pixels of the items (NaN if no class occurs anywhere).
+        """
+        pl = self.cfg.pseudo_labels
         num_classes = self.cfg.data.num_classes
         everyone = dict.fromkeys(range(1, num_classes), True)
         results, _ = self.label(model, items, everyone, seed)
-        teacher_dice: dict[int, list[float]] = {k: [] for k in everyone}
+        counts: dict[str, dict[int, list[tuple[float, float, float]]]] = {"teacher": {}, "model": {}}
         model_dice: dict[int, list[float]] = {k: [] for k in everyone}
         for res, ref in zip(results, labels, strict=True):
             model_label = res.model_probs.argmax(0)
-            filled = np.where(res.rectified.weight > 0, res.rectified.label, model_label)
-            for k, v in dice_per_class(filled, ref, num_classes).items():
-                teacher_dice[k].append(v)
+            teacher_sure = res.rectified.source == SOURCE_TEACHER
+            for k in everyone:
+                own = teacher_sure & res.covered[k] if k in res.covered else np.zeros_like(teacher_sure)
+                truth = (ref == k) & own
+                for side, pred in (("teacher", res.rectified.label == k), ("model", model_label == k)):
+                    pred = pred & own
+                    row = (float((pred & truth).sum()), float(pred.sum() + truth.sum()), float(own.sum()))
+                    counts[side].setdefault(k, []).append(row)
             for k, v in dice_per_class(model_label, ref, num_classes).items():
                 model_dice[k].append(v)
-        trusted = trusted_classes(teacher_dice, model_dice, self.cfg.pseudo_labels.trust_margin)
+        stats = {
+            side: {k: DiceCounts(*np.asarray(rows, dtype=np.float64).reshape(-1, 3).T) for k, rows in per.items()}
+            for side, per in counts.items()
+        }
+        decisions = trust_decisions(
+            stats["teacher"], stats["model"], previous or everyone, pl.trust_margin, pl.trust_noise_sigmas, seed
+        )
         names = self.cfg.data.class_names
         scalars: dict[str, float] = {}
         lines = []
-        for k in everyone:
+        for k, d in decisions.items():
             name = names[k] if names else str(k)
-            t, m = _nanmean(teacher_dice[k]), _nanmean(model_dice[k])
-            scalars[f"calibration/teacher_dice_{name}"] = t
-            scalars[f"calibration/model_dice_{name}"] = m
-            scalars[f"calibration/trusted_{name}"] = float(trusted[k])
-            lines.append(f"{name}: teacher {t:.3f} vs model {m:.3f} -> {'teacher' if trusted[k] else 'model'}")
-        logger.info("trust calibration on %d labeled images: %s", len(items), "; ".join(lines))
-        model_mean = _nanmean([scalars[f"calibration/model_dice_{names[k] if names else k}"] for k in everyone])
+            scalars[f"calibration/teacher_dice_{name}"] = d.teacher_dice
+            scalars[f"calibration/model_dice_{name}"] = d.model_dice
+            scalars[f"calibration/trust_band_{name}"] = d.band
+            scalars[f"calibration/trusted_{name}"] = float(d.trusted)
+            lines.append(
+                f"{name}: teacher {d.teacher_dice:.3f} vs model {d.model_dice:.3f} on {d.pixels} teacher pixels "
+                f"(band {d.band:.3f}) -> {'teacher' if d.trusted else 'model'} ({d.reason})"
+            )
+        logger.info("trust calibration on %d held-out images: %s", len(items), "; ".join(lines))
+        model_mean = _nanmean([_nanmean(v) for v in model_dice.values()])
         scalars["calibration/model_dice_mean"] = model_mean
-        return trusted, scalars, model_mean
+        return {k: d.trusted for k, d in decisions.items()}, scalars, model_mean
+
+
+def spread(items: Sequence[Item], count: int) -> list[Item]:
+    """``count`` items spread evenly over ``items`` (all of them if there are fewer), in order: slices from every
+    case of a volume split rather than the first case's slices."""
+    if count >= len(items):
+        return list(items)
+    if count <= 0:
+        return []
+    picks = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
+    return [items[i] for i in picks]
 
 
 def _point_prompt(prompt: ClassPrompt) -> tuple[np.ndarray, np.ndarray]:
@@ -336,20 +395,61 @@ def _point_prompt(prompt: ClassPrompt) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(points).astype(np.float32), np.concatenate(labels)
 
 
-def _class_evidence(sets, maps: list[np.ndarray], kind: str) -> list[ClassEvidence]:
-    """Per class: mean and uncertainty of its prompt sets' decodes; several components of one class combine by
-    the pixel-wise maximum of their means (with the uncertainty of the component giving it)."""
+def boxes_cover(boxes: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Bool ``(H, W)``: the pixels whose centre ``(c + 0.5, r + 0.5)`` lies in at least one of ``boxes`` (float
+    ``(4,)`` XYXY pixel-edge boxes, :mod:`semisam.teacher.prompts`)."""
+    height, width = int(shape[0]), int(shape[1])
+    cover = np.zeros((height, width), dtype=bool)
+    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+    for x0, y0, x1, y1 in (np.asarray(b, dtype=np.float64) for b in boxes):
+        rows = (centres_y >= y0) & (centres_y < y1)
+        cols = (centres_x >= x0) & (centres_x < x1)
+        cover |= rows[:, None] & cols[None, :]
+    return cover
+
+
+def _class_evidence(
+    sets, maps: list[np.ndarray], model_probs: np.ndarray, kind: str
+) -> tuple[list[ClassEvidence], dict[int, np.ndarray]]:
+    """Per prompted class: its evidence and the region the teacher was asked about.
+
+    Inside the union of the class's prompt boxes (originals and perturbations): the mean and uncertainty of its
+    prompt sets' decodes; several components of one class combine by the pixel-wise maximum of their means (with
+    the uncertainty of the component giving it). **Outside** every box the teacher was not asked about the
+    class, so its near-zero answer there is no evidence of absence: the class's evidence there is the model's
+    own (:func:`~semisam.teacher.rectify.evidence_from_model`). Otherwise a predicted object left without a
+    prompt (``components: largest``, or below ``min_area``) would become certain background, and the student
+    would be taught to erase what it found.
+
+    Returns:
+        the evidence (one per prompted class), and per prompted class the bool ``(H, W)`` region its prompts cover.
+    """
+    shape = model_probs.shape[-2:]
     by_class: dict[int, ClassEvidence] = {}
-    for (prompt, _), decodes in zip(sets, maps, strict=True):
+    covered: dict[int, np.ndarray] = {}
+    for (prompt, group), decodes in zip(sets, maps, strict=True):
         mean, uncertainty = mean_and_uncertainty(decodes, kind)
         k = prompt.class_index
+        cover = boxes_cover([p.box for p in group], shape)
         if k not in by_class:
-            by_class[k] = ClassEvidence(k, mean, uncertainty)
+            by_class[k], covered[k] = ClassEvidence(k, mean, uncertainty), cover
         else:
             old = by_class[k]
             take = mean > old.mean
             by_class[k] = ClassEvidence(k, np.where(take, mean, old.mean), np.where(take, uncertainty, old.uncertainty))
-    return list(by_class.values())
+            covered[k] = covered[k] | cover
+    evidence = []
+    for k, e in by_class.items():
+        model = evidence_from_model(model_probs, k)
+        inside = covered[k]
+        evidence.append(
+            ClassEvidence(
+                k,
+                np.where(inside, e.mean, model.mean).astype(np.float32),
+                np.where(inside, e.uncertainty, model.uncertainty).astype(np.float32),
+            )
+        )
+    return evidence, covered
 
 
 def _nanmean(values: Sequence[float]) -> float:

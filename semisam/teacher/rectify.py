@@ -151,7 +151,8 @@ class Rectified:
 
     Attributes:
         label: int64 ``(H, W)`` class indices (meaningless where ``weight == 0``: the teacher's label is kept).
-        weight: float32 ``(H, W)`` in ``{0, 1}``: 1 where the pixel is trained on, 0 where it is ignored.
+        weight: float32 ``(H, W)`` in ``[0, 1]``: how much the pixel counts in the loss, 0 where it is ignored
+            (see :func:`rectify` for the soft weights of kept pixels).
         uncertainty: float32 ``(H, W)``: the teacher's uncertainty (before rectification).
         source: uint8 ``(H, W)``: :data:`SOURCE_IGNORED` (0), :data:`SOURCE_TEACHER` (1, teacher certain) or
             :data:`SOURCE_MODEL` (2, teacher uncertain and model confident).
@@ -172,13 +173,19 @@ def rectify(
     model_probs: np.ndarray,
     uncertainty_threshold: float,
     model_confidence: float,
+    soft_weights: bool = True,
 ) -> Rectified:
     """THE rectification rule, per pixel:
 
-    1. teacher uncertainty ``<= uncertainty_threshold``: the teacher's label, weight 1 (source 1);
-    2. otherwise, the model's max probability ``>= model_confidence``: the model's argmax label, weight 1
-       (source 2);
+    1. teacher uncertainty ``u <= uncertainty_threshold``: the teacher's label (source 1), weight ``1 - u``;
+    2. otherwise, the model's max probability ``>= model_confidence``: the model's argmax label (source 2),
+       weight ``1 - H(model) / log2(K)`` (its entropy over the ``K`` classes, normalised to ``[0, 1]``);
     3. otherwise: weight 0 (source 0); the label stays the teacher's and is not trained on.
+
+    Why soft weights: a kept pixel whose decodes nearly disagree (``u`` just under the threshold) is not as good
+    a label as one all decodes agree on; the weight says so to the loss instead of a hard 0/1 step at the
+    threshold. Each kept pixel is weighted by the doubt of whoever gave its label. With ``soft_weights=False``
+    every kept pixel weighs 1.
 
     Args:
         teacher_label: integer ``(H, W)`` fused teacher label (:func:`fuse_classes`), values in ``0..K-1``.
@@ -214,8 +221,13 @@ def rectify(
     source = np.full((height, width), SOURCE_IGNORED, dtype=np.uint8)
     source[teacher_sure] = SOURCE_TEACHER
     source[model_sure] = SOURCE_MODEL
-    weight = (source != SOURCE_IGNORED).astype(np.float32)
-    return Rectified(label, weight, teacher_uncertainty.astype(np.float32), source)
+    weight = (source != SOURCE_IGNORED).astype(np.float64)
+    if soft_weights:
+        probs = model_probs.astype(np.float64).clip(0.0, 1.0)
+        model_doubt = entr(probs).sum(axis=0) / math.log(num_classes)  # natural logs on both sides: in [0, 1]
+        doubt = np.where(model_sure, model_doubt, teacher_uncertainty.astype(np.float64))
+        weight = weight * (1.0 - doubt).clip(0.0, 1.0)
+    return Rectified(label, weight.astype(np.float32), teacher_uncertainty.astype(np.float32), source)
 
 
 def evidence_from_model(model_probs: np.ndarray, class_index: int) -> ClassEvidence:
@@ -276,56 +288,103 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[
     return {k: (float("nan") if both_empty[k - 1] else float(dice[k - 1])) for k in range(1, num_classes)}
 
 
-def trusted_classes(
-    teacher_dice: Mapping[int, Sequence[float]], model_dice: Mapping[int, Sequence[float]], margin: float
-) -> dict[int, bool]:
-    """Per-class trust gate: is the teacher's rectified output better than the model by at least ``margin``?
+SMOOTH = 1e-5  # MONAI's Dice smoothing: two empty maps agree perfectly
 
-    For each class (the keys of either mapping), ``teacher_mean`` and ``model_mean`` are the NaN-ignoring means
-    of the per-image Dice scores (from :func:`dice_per_class` on the calibration images). The class is trusted
-    iff ``teacher_mean >= model_mean + margin``.
 
-    Without data: a class with no finite score on either side (absent from every calibration image's label and
-    from both predictions) is **trusted** (the teacher is the method's default; nothing says otherwise). If only
-    one side has no finite score, that side was empty on every image whose label was empty too, i.e. always
-    right, so its mean counts as 1.0 (a teacher that hallucinates a class the labels never contain is not
-    trusted; one that stays silent where the model hallucinates is).
+@dataclass
+class DiceCounts:
+    """Per-image sufficient statistics of one class's binary Dice on some pixels, for ``N`` calibration images:
+    float64 ``(N,)`` arrays ``intersection`` (predicted and in the label), ``total`` (predicted + in the label) and
+    ``pixels`` (how many pixels were scored)."""
 
-    Logging: this function logs (logger ``semisam``, INFO) only the classes decided without data, with the reason.
-    The per-class means and decisions are logged by the caller
-    (:meth:`semisam.teacher.pseudo_labels.PseudoLabeler.calibrate`: one INFO line "trust calibration on N
-    labeled images: <class>: teacher T vs model M -> teacher|model; ..." and the TensorBoard scalars
-    ``calibration/teacher_dice_<class>``, ``calibration/model_dice_<class>``, ``calibration/trusted_<class>``).
+    intersection: np.ndarray
+    total: np.ndarray
+    pixels: np.ndarray
+
+    def dice(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray | float:
+        """Dice pooled over the images ``rows`` (MONAI's smoothing: both empty -> 1). With a 2D index array
+        ``(B, N)`` (bootstrap resamples), one pooled Dice per row."""
+        inter = np.asarray(self.intersection)[rows].sum(axis=-1)
+        total = np.asarray(self.total)[rows].sum(axis=-1)
+        return (2.0 * inter + SMOOTH) / (total + SMOOTH)
+
+
+@dataclass
+class TrustDecision:
+    """One class's trust decision: ``trusted`` (use the teacher's evidence), the pooled Dice of the teacher and
+    of the model on the teacher's own pixels, the noise band the difference had to leave, the number of teacher
+    pixels scored, and ``reason``: ``teacher`` / ``model`` (the difference left the band), ``kept`` (inside the
+    band: the previous decision stands), ``no data`` (no teacher pixel: the previous decision stands)."""
+
+    trusted: bool
+    teacher_dice: float
+    model_dice: float
+    band: float
+    pixels: int
+    reason: str
+
+
+def trust_decisions(
+    teacher: Mapping[int, DiceCounts],
+    model: Mapping[int, DiceCounts],
+    previous: Mapping[int, bool],
+    margin: float,
+    noise_sigmas: float,
+    seed: int = 0,
+    resamples: int = 1000,
+) -> dict[int, TrustDecision]:
+    """THE per-class trust rule: does the teacher label its own pixels better than the model labels them?
+
+    **What is compared.** For class ``k``, the teacher's pixels are those where its evidence for ``k`` decided
+    the pseudo-label (inside ``k``'s prompt boxes, certain after rectification). On exactly those pixels of the
+    held-out calibration images, the teacher's label and the model's argmax are each scored against the labels
+    by a Dice pooled over the images (``teacher[k]``, ``model[k]``: :class:`DiceCounts`, one row per image).
+    Pixels filled in by the model's own labels (model fallback, outside the boxes) are not the teacher's and
+    would only pull both scores together.
+
+    **Noise band and hysteresis.** ``d = teacher Dice - model Dice``; its standard error ``se`` is estimated by
+    resampling the images (``resamples`` bootstrap draws, seeded by ``seed``). The band is
+    ``max(margin, noise_sigmas * se)``: ``d > band`` trusts the teacher, ``d < -band`` the model, and anything
+    inside the band (an exact tie, a 2e-5 difference, one flipped image among few) keeps ``previous[k]`` (the
+    teacher when there is none: the method's default, its pixels still gated by their uncertainty). So a
+    decision, which switches a whole class of the bank, changes only on evidence.
+
+    A class without a single teacher pixel (never prompted on the calibration images) keeps ``previous[k]`` too.
 
     Returns:
-        ``{class: trusted}`` for every class of either mapping, in increasing class order.
+        ``{k: TrustDecision}`` for every class of either mapping, in increasing class order.
+
+    Raises:
+        ValueError: ``margin`` or ``noise_sigmas`` negative, ``resamples < 1``, counts of different lengths.
     """
-    out: dict[int, bool] = {}
-    for k in sorted(set(teacher_dice) | set(model_dice)):
-        teacher_mean = _nanmean(teacher_dice.get(k, ()))
-        model_mean = _nanmean(model_dice.get(k, ()))
-        if math.isnan(teacher_mean) and math.isnan(model_mean):
-            logger.info("trust calibration: class %d has no Dice score on any calibration image: teacher trusted", k)
-            out[k] = True
+    if margin < 0 or noise_sigmas < 0 or resamples < 1:
+        raise ValueError(f"margin={margin} and noise_sigmas={noise_sigmas} must be >= 0, resamples={resamples} >= 1")
+    rng = np.random.default_rng(seed)
+    out: dict[int, TrustDecision] = {}
+    empty = DiceCounts(np.zeros(0), np.zeros(0), np.zeros(0))
+    for k in sorted(set(teacher) | set(model)):
+        t, m = teacher.get(k, empty), model.get(k, empty)
+        n = len(t.intersection)
+        if len(m.intersection) != n:
+            raise ValueError(f"class {k}: teacher counts of {n} images but model counts of {len(m.intersection)}")
+        before = bool(previous.get(k, True))
+        pixels = int(np.asarray(t.pixels).sum()) if n else 0
+        if pixels == 0:
+            out[k] = TrustDecision(before, float("nan"), float("nan"), float("nan"), 0, "no data")
             continue
-        if math.isnan(teacher_mean) or math.isnan(model_mean):
-            side = "teacher" if math.isnan(teacher_mean) else "model"
-            logger.info(
-                "trust calibration: class %d: the %s never predicted it and the labels never contain it: "
-                "its Dice counts as 1.0",
-                k,
-                side,
-            )
-            teacher_mean = 1.0 if math.isnan(teacher_mean) else teacher_mean
-            model_mean = 1.0 if math.isnan(model_mean) else model_mean
-        out[k] = bool(teacher_mean >= model_mean + margin)
+        t_dice, m_dice = float(t.dice()), float(m.dice())
+        difference = t_dice - m_dice
+        rows = rng.integers(0, n, size=(resamples, n))
+        se = float(np.std(t.dice(rows) - m.dice(rows))) if n > 1 else 0.0
+        band = max(margin, noise_sigmas * se)
+        if difference > band:
+            trusted, reason = True, "teacher"
+        elif difference < -band:
+            trusted, reason = False, "model"
+        else:
+            trusted, reason = before, "kept"
+        out[k] = TrustDecision(trusted, t_dice, m_dice, band, pixels, reason)
     return out
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    array = np.asarray(list(values), dtype=np.float64)
-    finite = array[~np.isnan(array)]
-    return float(finite.mean()) if finite.size else float("nan")
 
 
 def _check_unit_range(array: np.ndarray, name: str) -> None:
