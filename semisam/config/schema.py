@@ -200,16 +200,26 @@ class EverythingConfig:
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.5
     min_mask_region_area: int = 0  # pixels
+    # 283 boxes per square image: a GPU grid (14 s per image on 2 CPU cores); scale 0.125 was not measured with
+    # LiteMedSAM, the CPU benchmark configs choose smaller grids
     box_scales: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125])
     box_overlap: float = 0.5
-    # LiteMedSAM's scores, measured on 10 Kvasir-SEG val images and 10 ACDC labeled slices (1540 box prompts, scales
-    # 1 to 0.25): predicted IoU median 0.79 / 0.72, above 0.5 for 99 % of the boxes; stability score median
-    # 0.73 / 0.64, maximum 0.949 / 0.898, so never >= 0.95 (the generator's thresholds kept 0 masks). Both rank
-    # masks against the labels only weakly (Spearman 0.28 / 0.06 for predicted IoU). Absolute thresholds: off.
+    # Box-grid rules, chosen from LiteMedSAM measured on CPU (2026-12-01) on 10 Kvasir-SEG val images and 10 ACDC
+    # labeled slices, 1540 box prompts at scales 1 to 0.25 (overlap 0.5). Its single-mask output answers every box
+    # with a non-empty blob; its scores are not on SAM's scale: predicted IoU median 0.79 / 0.72 (Kvasir / ACDC),
+    # above 0.5 for 99 % of boxes; stability median 0.73 / 0.64, maximum 0.949 / 0.898, never >= 0.95, so SAM's
+    # thresholds kept 0 masks. Both rank masks against the labels only weakly (Spearman with the best label IoU:
+    # predicted IoU 0.28 / 0.06, stability 0.21 / -0.08; its multimask outputs have predicted IoU ~0.2 and stability
+    # 0: unused). So the absolute thresholds are off, and the kept masks are set by the grid and by the ranking.
     box_pred_iou_thresh: float = 0.0  # keep masks with predicted IoU above this (0: off)
     box_stability_score_thresh: float = 0.0  # keep masks with stability >= this (0: off)
-    box_keep_top_fraction: float = 1.0  # keep this share of an image's masks, highest predicted IoU first
-    box_mask_nms_thresh: float = 0.5  # mask-IoU NMS
+    # Kvasir, 29-box grid: the top half by predicted IoU kept the best polyp mask (mean best-mask IoU 0.619 with
+    # 13.5 or all 27.4 masks; the top 8: 0.566); ACDC, 0.25 grid: the top half lost structures (best-mask IoU
+    # RV/Myo/LV 0.456/0.187/0.306 with all masks, 0.383/0.049/0.173 with half). Default: keep all; cpu_kvasir: 0.5.
+    box_keep_top_fraction: float = 1.0  # keep this share of an image's distinct masks, highest predicted IoU first
+    # Kvasir, 29-box grid: mask-IoU NMS at 0.5 drops 6 % of the masks at no cost (best-mask IoU 0.619, as at 0.7);
+    # at 0.3 it dropped good masks (0.565).
+    box_mask_nms_thresh: float = 0.5
     box_max_masks: int = 0  # at most this many masks per image (0: no cap)
 
 
