@@ -208,8 +208,8 @@ def everything_box_grid(
     2. binarise at logits > 0; drop empty masks and masks with fewer than ``cfg.min_mask_region_area`` pixels (a
        box prompt gives one object, so a whole mask below the area is dropped);
     3. mask-IoU NMS (:func:`mask_nms`) at ``cfg.box_mask_nms_thresh``: of two masks overlapping by more than that
-       IoU, the one with the higher predicted IoU survives (mask IoU, not box IoU: a ring and the disc inside it
-       have the same box but are different masks);
+       IoU, the one with the higher predicted IoU survives (mask IoU, not box IoU: a ring and the filled disc it
+       bounds, such as a myocardium and the myocardium with its ventricle, share a box but are different masks);
     4. relative filter: keep the ``cfg.box_keep_top_fraction`` of the distinct masks left with the highest
        predicted IoU (at least one; 1.0 keeps all) - a rule on the model's own ranking within the image, which
        carries signal where its absolute values do not;

@@ -217,7 +217,7 @@ def precompute(
     tic = time.perf_counter()
     desc = f"precompute[{teacher.spec.kind}]" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or rank != 0, unit="case")
-    scored = set(split.labeled) | set(split.val)  # SCORED_SPLITS: the only labels read here, for the report
+    scored = {case for name in SCORED_SPLITS for case in getattr(split, name)}  # the only labels read here
     previews: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
     computed = _compute_cases(teacher, loader, todo, stores, cfg, scored)
     for case_id, need_emb, need_pri, embeddings, prior_maps_, quality in computed:
