@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ def _best_iou(name: str, boxes: torch.Tensor) -> float:
 
 
 CFG = EverythingConfig(
-    pred_iou_thresh=0.5, stability_score_thresh=0.9, box_nms_thresh=0.5, box_scales=[0.5, 0.25, 0.125]
+    box_pred_iou_thresh=0.5, box_stability_score_thresh=0.9, box_mask_nms_thresh=0.5, box_scales=[0.5, 0.25, 0.125]
 )
 
 
@@ -174,11 +175,13 @@ def test_box_grid_everything_chunking_and_area_filter():
 
 def test_box_grid_everything_thresholds():
     # with no IoU threshold the cut objects (IoU 0.3) come back as well; the soft unions still fail stability
-    loose = everything_box_grid(fake_decode, (SIZE, SIZE), EverythingConfig(**{**CFG.__dict__, "pred_iou_thresh": 0}))
+    loose = everything_box_grid(
+        fake_decode, (SIZE, SIZE), EverythingConfig(**{**CFG.__dict__, "box_pred_iou_thresh": 0})
+    )
     assert len(loose) > 3
     assert all(r.stability_score == pytest.approx(1.0) for r in loose)
     # everything filtered -> no records
-    strict = EverythingConfig(**{**CFG.__dict__, "pred_iou_thresh": 0.999})
+    strict = EverythingConfig(**{**CFG.__dict__, "box_pred_iou_thresh": 0.999})
     assert everything_box_grid(fake_decode, (SIZE, SIZE), strict) == []
 
 
@@ -192,9 +195,95 @@ def test_box_grid_everything_checks_decode_shapes():
         everything_box_grid(fake_decode, (SIZE, SIZE), CFG, chunk_size=0)
 
 
+def _ring_and_disc() -> tuple[np.ndarray, np.ndarray]:
+    """A thin ring (radii 11..14) and the filled disc it bounds (radius 14), like ACDC's myocardium and the
+    myocardium with the left ventricle: the same tight box, mask IoU about 0.4."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    dist2 = (xx - 32) ** 2 + (yy - 32) ** 2
+    return (dist2 > 11**2) & (dist2 <= 14**2), dist2 <= 14**2
+
+
+def test_mask_nms_compares_masks_not_boxes():
+    from segment_anything.utils.amg import batched_mask_to_box
+    from torchvision.ops import nms
+
+    from semisam.teacher.everything import mask_nms
+
+    ring, disc = _ring_and_disc()
+    shifted = np.roll(disc, 2, axis=1)  # the disc moved by two pixels: mask IoU about 0.8 with the disc
+    masks = torch.from_numpy(np.stack([ring, disc, shifted, disc]))
+    scores = torch.tensor([0.7, 0.9, 0.95, 0.8])
+    # the ring survives beside the disc that shares its box; the disc and its duplicate lose to the shifted disc,
+    # which scores highest
+    assert mask_nms(masks, scores, 0.5).tolist() == [2, 0]
+    assert nms(batched_mask_to_box(masks).float(), scores, 0.5).tolist() == [2]  # box NMS keeps one of the four
+    assert mask_nms(masks, scores, 0.9).tolist() == [2, 1, 0]  # only the exact duplicate goes
+    assert mask_nms(masks, scores, 1.0).tolist() == [2, 1, 3, 0]  # no IoU exceeds 1: all kept, by score
+    assert mask_nms(masks[:0], scores[:0], 0.5).tolist() == []
+    with pytest.raises(ValueError, match="mask_nms"):
+        mask_nms(masks, scores[:2], 0.5)
+
+
+def test_box_grid_everything_keeps_the_top_fraction_and_caps():
+    cfg = EverythingConfig(**{**CFG.__dict__, "box_pred_iou_thresh": 0.0})
+    everything = everything_box_grid(fake_decode, (SIZE, SIZE), cfg)
+    assert len(everything) > 3
+    # after NMS the three objects, framed by their tightest boxes, have the highest predicted IoU of all masks
+    fraction = 3 / len(everything)
+    top = everything_box_grid(
+        fake_decode, (SIZE, SIZE), EverythingConfig(**{**cfg.__dict__, "box_keep_top_fraction": fraction})
+    )
+    assert len(top) == 3
+    assert {n for r in top for n, (m, _) in OBJECTS.items() if np.array_equal(r.segmentation, m)} == set(OBJECTS)
+    # a tiny fraction still keeps the single best mask
+    one = everything_box_grid(
+        fake_decode, (SIZE, SIZE), EverythingConfig(**{**cfg.__dict__, "box_keep_top_fraction": 1e-6})
+    )
+    assert len(one) == 1 and one[0].predicted_iou == max(r.predicted_iou for r in everything)
+    capped = everything_box_grid(fake_decode, (SIZE, SIZE), EverythingConfig(**{**cfg.__dict__, "box_max_masks": 2}))
+    assert [r.predicted_iou for r in capped] == [r.predicted_iou for r in everything[:2]]
+
+
+def test_box_grid_everything_keeps_masks_from_a_tiny_random_sam(tiny_box_teacher):
+    """Through the real decoder (a tiny random SAM as a box-only teacher): the box-mode defaults keep masks, as
+    they do for LiteMedSAM, whose scores never pass the automatic generator's stability threshold."""
+    from semisam.teacher.precompute import everything_masks
+
+    teacher, cfg = tiny_box_teacher
+    image = _image().transpose(2, 0, 1).astype(np.float32) / 255.0
+    embedding = teacher.embed([image])
+    records = everything_masks(teacher, image, embedding, cfg)
+    n_boxes = len(box_grid((48, 64), cfg.teacher.everything.box_scales, cfg.teacher.everything.box_overlap))
+    assert 0 < len(records) <= n_boxes
+    ious = [r.predicted_iou for r in records]
+    assert ious == sorted(ious, reverse=True)
+    masks = torch.from_numpy(np.stack([r.segmentation for r in records])).float().flatten(1)
+    inter = masks @ masks.T
+    union = masks.sum(1)[:, None] + masks.sum(1)[None] - inter
+    pairwise = (inter / union).fill_diagonal_(0)
+    assert pairwise.max() <= cfg.teacher.everything.box_mask_nms_thresh + 1e-6  # mask NMS held
+    maps = prior_maps(records, (48, 64))
+    assert maps[1].max() == 1  # boundaries drawn (a random SAM's soft logits have stability 0: a flat seg prior)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # segment-anything's automatic mask generator on a tiny random SAM
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_box_teacher():
+    """The tiny random SAM as a box-only teacher (so the everything mode is the box grid), with the default
+    everything settings, and the config that goes with it."""
+    from dataclasses import replace
+
+    from semisam.config.schema import TeacherConfig
+    from semisam.teacher.engine import build_teacher
+    from semisam.teacher.models import build_tiny_sam, tiny_spec
+
+    spec = replace(tiny_spec(), kind="tiny_box", accepts_points=False)
+    teacher = build_teacher(TeacherConfig(device="cpu"), sam=build_tiny_sam(seed=0), spec=spec)
+    return teacher, SimpleNamespace(teacher=TeacherConfig(device="cpu"))  # everything_masks reads teacher.everything
 
 
 @pytest.fixture(scope="module")

@@ -183,3 +183,58 @@ def _flatten(d, prefix=""):
         else:
             out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_box_teacher():
+    """The tiny random SAM as a box-only teacher: the precompute takes the box-grid everything mode."""
+    from dataclasses import replace
+
+    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
+    spec = replace(tiny_spec(), kind="tiny_box", accepts_points=False)
+    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=spec)
+
+
+def test_precompute_reports_prior_quality_from_labeled_and_val_labels_only(
+    phantom_root, tmp_path, tiny_box_teacher, caplog
+):
+    import logging
+
+    from PIL import Image
+
+    cfg = _cfg(phantom_root, tmp_path, "teacher.everything.box_overlap=0.0")  # 4 boxes per image
+    reader = build_reader(cfg.data)
+    split = resolve_split(cfg.data, reader.case_ids())
+    read = []
+    real_read_label = reader.read_label
+    reader.read_label = lambda case_id: read.append(case_id) or real_read_label(case_id)
+    with caplog.at_level(logging.WARNING, logger="semisam"):
+        report = pc.precompute(cfg, teacher=tiny_box_teacher, reader=reader, progress=False)
+    assert "EMPTY PRIORS" not in caplog.text
+    assert set(read) == set(split.labeled) | set(split.val)  # never an unlabeled or test case's label
+
+    n_images = len({*split.labeled, *split.unlabeled, *split.val, *split.test})
+    summary = json.loads((cache_root(cfg) / pc.SUMMARY_NAME).read_text())
+    assert summary == report.summary
+    assert summary["images"] == n_images and summary["empty_share"] == 0.0
+    assert 1 <= summary["masks_per_image"]["min"] <= summary["masks_per_image"]["max"] <= 4
+    assert summary["scored_images"] == len(split.labeled) + len(split.val)
+    assert set(summary["classes"]) <= set(cfg.data.class_names[1:]) and summary["classes"]
+    for c in summary["classes"].values():
+        assert 0 < c["images"] <= summary["scored_images"] and 0 <= c["best_iou_mean"] <= 1
+    preview = Image.open(cache_root(cfg) / pc.PREVIEW_NAME)
+    assert preview.size[0] > 100 and preview.size[1] > 100
+
+
+def test_precompute_warns_when_priors_are_empty(phantom_root, tmp_path, tiny_box_teacher, caplog):
+    import logging
+
+    # no predicted IoU exceeds 1: every mask is filtered, as SAM's thresholds did to LiteMedSAM's
+    cfg = _cfg(
+        phantom_root, tmp_path, "teacher.everything.box_overlap=0.0", "teacher.everything.box_pred_iou_thresh=1.0"
+    )
+    with caplog.at_level(logging.WARNING, logger="semisam"):
+        report = pc.precompute(cfg, teacher=tiny_box_teacher, splits=["val"], progress=False)
+    assert report.summary["empty_share"] == 1.0 and report.summary["masks_per_image"]["max"] == 0
+    assert "EMPTY PRIORS" in caplog.text and f"{report.images} of {report.images} images" in caplog.text
+    assert all(c["best_iou_mean"] == 0.0 for c in report.summary["classes"].values())

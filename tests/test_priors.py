@@ -121,3 +121,57 @@ def test_records_from_amg_refuses_rle_and_missing_keys():
         records_from_amg(
             [{"segmentation": np.zeros((4, 4), bool), "area": 0, "bbox": [0, 0, 0, 0], "predicted_iou": 1}]
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prior quality: the best mask per labeled structure, and the per-data-set summary
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_best_mask_overlap_per_class():
+    from semisam.teacher.priors import best_mask_overlap
+
+    label = np.zeros(SHAPE, dtype=np.int64)
+    label[2:10, 2:10] = 1  # 64 px
+    label[12:16, 12:20] = 3  # 32 px; class 2 absent
+    exact, half = square(2, 2, 8), square(2, 2, 8) & (np.arange(SHAPE[1]) < 6)[None]  # 64 px, 32 px inside class 1
+    best = best_mask_overlap([record(half, 0.8), record(exact, 0.5)], label, [1, 2, 3])
+    assert set(best) == {1, 3}  # an absent class is not scored
+    assert best[1] == pytest.approx((1.0, 1.0))  # the exact mask wins, whatever its order or score
+    assert best[3] == pytest.approx((0.0, 0.0))
+    assert best_mask_overlap([record(half, 0.8)], label, [1])[1] == pytest.approx((0.5, 2 * 32 / 96))
+    assert best_mask_overlap([], label, [1, 3]) == {1: (0.0, 0.0), 3: (0.0, 0.0)}
+    with pytest.raises(ValueError, match="shape"):
+        best_mask_overlap([record(square(0, 0, 3, (5, 5)), 0.5)], label, [1])
+
+
+def test_quality_summary_and_empty_prior_warning(caplog):
+    import logging
+
+    from semisam.teacher.precompute import ImageQuality, summarize_quality, warn_if_empty
+
+    rows = [
+        ImageQuality("a", -1, 3, {1: (0.8, 0.9), 2: (0.2, 0.3)}),
+        ImageQuality("b", -1, 5, {1: (0.4, 0.5)}),
+        ImageQuality("c", 0, 0, None),  # an unlabeled image: counted, not scored
+        ImageQuality("c", 1, 2, None),
+    ]
+    summary = summarize_quality(rows, ["background", "polyp"], skipped=7)
+    assert summary["images"] == 4 and summary["cases"] == 3 and summary["cases_skipped"] == 7
+    assert summary["masks_per_image"] == {"mean": 2.5, "median": 2.5, "min": 0, "max": 5}
+    assert summary["empty_images"] == 1 and summary["empty_share"] == 0.25
+    assert summary["scored_images"] == 2
+    assert summary["classes"]["polyp"] == {
+        "images": 2,
+        "best_iou_mean": 0.6,
+        "best_iou_median": 0.6,
+        "best_dice_mean": 0.7,
+        "share_best_iou_ge_0.5": 0.5,
+    }
+    assert summary["classes"]["class_2"]["images"] == 1  # no name given: named by index
+    with caplog.at_level(logging.WARNING, logger="semisam"):
+        assert warn_if_empty(summary)  # 25 % > 10 %
+    assert "EMPTY PRIORS" in caplog.text and "1 of 4 images" in caplog.text
+    caplog.clear()
+    fine = summarize_quality([*rows, *[ImageQuality(f"d{i}", -1, 1, None) for i in range(6)]], ["background"])
+    assert fine["empty_share"] == 0.1 and not warn_if_empty(fine) and "EMPTY" not in caplog.text

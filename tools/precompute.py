@@ -4,6 +4,9 @@
 The cache goes to <teacher.cache_dir>/<data.name>/<teacher.kind>/ with a manifest naming the teacher (kind,
 checkpoint sha256, preprocessing); a cache made by another teacher is rebuilt, finished cases are skipped, so an
 interrupted run resumes where it stopped. Training with priors.enabled=true reads the priors from there.
+Beside the cache it writes priors_summary.json (masks per image, share of images with empty priors, and for
+labeled/val cases the best prior mask's IoU/Dice per class) and priors_preview.png (a few images with their two
+prior channels); it warns when more than 10 % of the images got no mask.
 
 Examples:
   python tools/precompute.py --config configs/kvasir/10_semisam.yaml
@@ -52,6 +55,20 @@ def main() -> None:
         f"computed {len(report.computed)} cases ({report.images} images) in {report.seconds:.1f} s "
         f"({report.seconds_per_image:.3f} s per image); {report.skipped} cases were already cached"
     )
+    if report.summary is not None:
+        from semisam.teacher.precompute import PREVIEW_NAME, SUMMARY_NAME
+
+        summary = report.summary
+        print(
+            f"prior quality of the {summary['images']} images computed: "
+            f"{summary['masks_per_image']['mean']:.2f} masks per image, {100 * summary['empty_share']:.1f} % empty"
+        )
+        for name, c in summary["classes"].items():
+            print(
+                f"  {name}: best-mask IoU {c['best_iou_mean']:.3f} (Dice {c['best_dice_mean']:.3f}, "
+                f"IoU >= 0.5 on {100 * c['share_best_iou_ge_0.5']:.0f} % of {c['images']} labeled/val images)"
+            )
+        print(f"summary: {report.root / SUMMARY_NAME}; preview: {report.root / PREVIEW_NAME}")
     if args.export:
         from semisam.teacher.export import export_augmented
 

@@ -108,7 +108,7 @@ SCALES: dict[str, Scale] = {
             "cpu",
             {"acdc": "cpu_acdc.yaml", "kvasir": "cpu_kvasir.yaml"},
             "1500 AdamW steps at 128x128, batch 8 + 8, residual instance-norm UNet, a reduced unlabeled pool, "
-            "9-box everything grid",
+            "a 20-25-box everything grid",
         ),
         Scale("full", {}, "the literature's schedule: 30k SGD steps, batch 12 + 12, 256x256 (a GPU)"),
     )

@@ -199,11 +199,14 @@ class EvalConfig:
 class EverythingConfig:
     """The teacher's "segment everything" mode, whose masks make the SAMAug prior maps.
 
-    Point-capable teachers use segment-anything's ``SamAutomaticMaskGenerator`` (``points_per_side``,
-    thresholds below; SAMAug sets pred_iou_thresh 0.5 and box_nms_thresh 0.5). Box-only teachers
-    (LiteMedSAM) use a multi-scale grid of box prompts instead: square boxes whose side is each fraction in
-    ``box_scales`` of the image's longest side, placed with ``box_overlap`` overlap, filtered by the same
-    predicted-IoU and stability-score thresholds, then NMS.
+    Point-capable teachers (SAM, MedSAM) use segment-anything's ``SamAutomaticMaskGenerator`` unchanged:
+    ``points_per_side``, ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``,
+    ``box_nms_thresh``, ``min_mask_region_area`` (SAMAug sets pred_iou_thresh 0.5 and box_nms_thresh 0.5).
+
+    Box-only teachers (LiteMedSAM) use a multi-scale grid of box prompts instead (``box_*`` keys and
+    ``min_mask_region_area``): square boxes whose side is each fraction in ``box_scales`` of the image's longest
+    side, placed with ``box_overlap`` overlap; their masks filtered and de-duplicated as
+    ``semisam.teacher.everything.everything_box_grid`` describes.
     """
 
     points_per_side: int = 32
@@ -212,8 +215,27 @@ class EverythingConfig:
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.5
     min_mask_region_area: int = 0  # pixels
+    # 283 boxes per square image: a GPU grid (14 s per image on 2 CPU cores); scale 0.125 was not measured with
+    # LiteMedSAM, the CPU benchmark configs choose smaller grids
     box_scales: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125])
     box_overlap: float = 0.5
+    # Box-grid rules, chosen from LiteMedSAM measured on CPU (2026-12-01) on 10 Kvasir-SEG val images and 10 ACDC
+    # labeled slices, 1540 box prompts at scales 1 to 0.25 (overlap 0.5). Its single-mask output answers every box
+    # with a non-empty blob; its scores are not on SAM's scale: predicted IoU median 0.79 / 0.72 (Kvasir / ACDC),
+    # above 0.5 for 99 % of boxes; stability median 0.73 / 0.64, maximum 0.949 / 0.898, never >= 0.95, so SAM's
+    # thresholds kept 0 masks. Both rank masks against the labels only weakly (Spearman with the best label IoU:
+    # predicted IoU 0.28 / 0.06, stability 0.21 / -0.08; its multimask outputs have predicted IoU ~0.2 and stability
+    # 0: unused). So the absolute thresholds are off, and the kept masks are set by the grid and by the ranking.
+    box_pred_iou_thresh: float = 0.0  # keep masks with predicted IoU above this (0: off)
+    box_stability_score_thresh: float = 0.0  # keep masks with stability >= this (0: off)
+    # Kvasir, 29-box grid: the top half by predicted IoU kept the best polyp mask (mean best-mask IoU 0.619 with
+    # 13.5 or all 27.4 masks; the top 8: 0.566); ACDC, 0.25 grid: the top half lost structures (best-mask IoU
+    # RV/Myo/LV 0.456/0.187/0.306 with all masks, 0.383/0.049/0.173 with half). Default: keep all; cpu_kvasir: 0.5.
+    box_keep_top_fraction: float = 1.0  # keep this share of an image's distinct masks, highest predicted IoU first
+    # Kvasir, 29-box grid: mask-IoU NMS at 0.5 drops 6 % of the masks at no cost (best-mask IoU 0.619, as at 0.7);
+    # at 0.3 it dropped good masks (0.565).
+    box_mask_nms_thresh: float = 0.5
+    box_max_masks: int = 0  # at most this many masks per image (0: no cap)
 
 
 @dataclass
@@ -408,6 +430,12 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"teacher.everything.box_scales={list(ev.box_scales)} must be fractions in (0, 1]")
     if not 0 <= ev.box_overlap < 1:
         raise ConfigError(f"teacher.everything.box_overlap={ev.box_overlap} must be in [0, 1)")
+    for key in ("box_pred_iou_thresh", "box_stability_score_thresh", "box_mask_nms_thresh"):
+        if not 0 <= getattr(ev, key) <= 1:
+            raise ConfigError(f"teacher.everything.{key}={getattr(ev, key)} must be in [0, 1]")
+    if not 0 < ev.box_keep_top_fraction <= 1:
+        raise ConfigError(f"teacher.everything.box_keep_top_fraction={ev.box_keep_top_fraction} must be in (0, 1]")
+    _positive("teacher.everything.box_max_masks", ev.box_max_masks, allow_zero=True)
     _choice("priors.fusion", cfg.priors.fusion, PRIOR_FUSIONS)
     if cfg.priors.enabled and cfg.priors.fusion == "add" and d.in_channels not in (1, 3):
         raise ConfigError(f"priors.fusion=add needs a 1- or 3-channel image, data.in_channels={d.in_channels}")

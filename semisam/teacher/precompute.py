@@ -20,6 +20,8 @@ single process.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -37,12 +39,40 @@ from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.teacher.cache import CacheStore, cache_root, expected_manifest, teacher_identity
 from semisam.teacher.everything import everything_amg, everything_box_grid
-from semisam.teacher.priors import MaskRecord, prior_maps
+from semisam.teacher.priors import MaskRecord, best_mask_overlap, prior_maps
+from semisam.utils import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger("semisam")
 
 SPLIT_NAMES = ("labeled", "unlabeled", "val", "test")
 TRAIN_SPLITS = ("labeled", "unlabeled")
+# Prior quality is scored against the labels of these splits only: they are the cases whose labels a user may look
+# at (labeled for training, val for model selection). The scores are reported, never fed to training.
+SCORED_SPLITS = ("labeled", "val")
+SUMMARY_NAME = "priors_summary.json"  # beside the cache's stores, in cache_root(cfg)
+PREVIEW_NAME = "priors_preview.png"
+PREVIEW_IMAGES = 4
+# More empty priors than this share of images means the everything mode does not suit the teacher or the data:
+# the student would get constant-zero input channels.
+EMPTY_PRIOR_WARN_SHARE = 0.10
+
+
+@dataclass
+class ImageQuality:
+    """Prior quality of one 2D image (a 2D case or one slice of a volume).
+
+    Attributes:
+        case_id: the case; slice_index: the slice of a volume, -1 for a 2D case.
+        masks: number of everything-mode masks drawn into its priors (0: all-zero priors).
+        overlap: ``{class: (best IoU, best Dice)}`` of the best mask per foreground class present in the label
+            (:func:`~semisam.teacher.priors.best_mask_overlap`); ``None`` for cases whose label was not read
+            (unlabeled and test cases).
+    """
+
+    case_id: str
+    slice_index: int
+    masks: int
+    overlap: dict[int, tuple[float, float]] | None = None
 
 
 def embedding_splits(cfg: RunConfig) -> tuple[str, ...]:
@@ -54,13 +84,16 @@ def embedding_splits(cfg: RunConfig) -> tuple[str, ...]:
 
 @dataclass
 class PrecomputeReport:
-    """What a precompute run did."""
+    """What a precompute run did. ``quality`` has one row per image whose priors this run computed, ``summary``
+    their :func:`summarize_quality` (``None`` without priors computed)."""
 
     root: Path
     computed: list[str] = field(default_factory=list)
     skipped: int = 0
     images: int = 0  # 2D images (slices) processed
     seconds: float = 0.0
+    quality: list[ImageQuality] = field(default_factory=list)
+    summary: dict | None = None
 
     @property
     def seconds_per_image(self) -> float:
@@ -197,21 +230,33 @@ def precompute(
     tic = time.perf_counter()
     desc = f"precompute[{teacher.spec.kind}]" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or rank != 0, unit="case")
-    for case_id, need_emb, need_pri, embeddings, prior_maps_ in _compute_cases(teacher, loader, todo, stores, cfg):
+    scored = {case for name in SCORED_SPLITS for case in getattr(split, name)}  # the only labels read here
+    previews: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
+    computed = _compute_cases(teacher, loader, todo, stores, cfg, scored)
+    for case_id, need_emb, need_pri, embeddings, prior_maps_, quality in computed:
         if need_emb:
             stores["embeddings"].save(case_id, embeddings)
         if need_pri:
             stores["priors"].save(case_id, prior_maps_)
+            report.quality.extend(quality)
+            if len(previews) < PREVIEW_IMAGES and rank == 0:
+                previews.append(_preview_item(loader, case_id, prior_maps_, quality, scored))
         report.computed.append(case_id)
         report.images += len(embeddings) if embeddings.ndim == 4 else 1
         bar.update(1)
     bar.close()
     report.seconds = time.perf_counter() - tic
-    if not distributed.is_distributed():
-        return report
-    reports = distributed.gather_to_main(report)  # also a barrier: rank 0 waits for the last rank to finish
-    distributed.barrier()  # the others return only once everything is cached too
-    return _merged(reports) if reports is not None else report
+    if distributed.is_distributed():
+        reports = distributed.gather_to_main(report)  # also a barrier: rank 0 waits for the last rank to finish
+        distributed.barrier()  # the others return only once everything is cached too
+        if reports is None:
+            return report
+        report = _merged(reports)
+    if report.quality:
+        report.summary = summarize_quality(report.quality, list(cfg.data.class_names), skipped=report.skipped)
+        write_quality_report(root, report.summary, previews)
+        warn_if_empty(report.summary, root)
+    return report
 
 
 def _merged(reports: list[PrecomputeReport]) -> PrecomputeReport:
@@ -222,17 +267,20 @@ def _merged(reports: list[PrecomputeReport]) -> PrecomputeReport:
         skipped=sum(r.skipped for r in reports),
         images=sum(r.images for r in reports),
         seconds=max(r.seconds for r in reports),
+        quality=[row for r in reports for row in r.quality],
     )
 
 
-def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) -> Iterator[tuple]:
-    """Yield ``(case_id, need_emb, need_pri, embeddings, priors)`` per finished case.
+def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig, scored: set[str]) -> Iterator[tuple]:
+    """Yield ``(case_id, need_emb, need_pri, embeddings, priors, quality)`` per finished case.
 
     Cases are taken ``embed_batch_size`` at a time and all their slices that lack a cached embedding go through
     the encoder together (in batches of ``embed_batch_size``), so 2D data sets use full encoder batches too.
-    Cached embeddings are reused, never recomputed.
+    Cached embeddings are reused, never recomputed. ``quality`` holds one :class:`ImageQuality` per slice whose
+    priors were computed; the label is read (to score them) only for cases in ``scored``.
     """
     batch_size = teacher.embed_batch_size
+    classes = list(range(1, cfg.data.num_classes))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         images = [loader.image(case_id) for case_id, *_ in chunk]
@@ -259,19 +307,183 @@ def _compute_cases(teacher, loader: CaseLoader, todo, stores, cfg: RunConfig) ->
             if emb is None:
                 emb = fresh[offset : offset + len(case_slices)]
                 offset += len(case_slices)
-            priors = (
-                np.stack(
-                    [
-                        prior_maps(everything_masks(teacher, s, emb[k : k + 1], cfg), s.shape[-2:])
-                        for k, s in enumerate(case_slices)
-                    ]
-                )
-                if need_pri
-                else np.empty((len(case_slices), 0))
-            )
             volume = image.ndim == 4
+            quality: list[ImageQuality] = []
+            priors = np.empty((len(case_slices), 0))
+            if need_pri:
+                label = _label_for_scoring(loader, case_id, image) if case_id in scored else None
+                maps = []
+                for k, s in enumerate(case_slices):
+                    records = everything_masks(teacher, s, emb[k : k + 1], cfg)
+                    maps.append(prior_maps(records, s.shape[-2:]))
+                    slice_label = None if label is None else (label[k] if volume else label)
+                    overlap = None if slice_label is None else best_mask_overlap(records, slice_label, classes)
+                    quality.append(ImageQuality(case_id, k if volume else -1, len(records), overlap))
+                priors = np.stack(maps)
             emb_np = emb.numpy()
-            yield case_id, need_emb, need_pri, (emb_np if volume else emb_np[0]), (priors if volume else priors[0])
+            yield (
+                case_id,
+                need_emb,
+                need_pri,
+                (emb_np if volume else emb_np[0]),
+                (priors if volume else priors[0]),
+                quality,
+            )
+
+
+def _label_for_scoring(loader: CaseLoader, case_id: str, image: np.ndarray) -> np.ndarray | None:
+    """The label of a labeled/val case, for the prior-quality report only; ``None`` (with a warning) when the case
+    has none or its shape differs from the image's."""
+    if not loader.reader.has_label(case_id):
+        return None
+    label = loader.reader.read_label(case_id)
+    if tuple(label.shape) != tuple(image.shape[1:]):
+        logger.warning(
+            "%s: label %s and image %s differ in shape; prior quality not scored", case_id, label.shape, image.shape[1:]
+        )
+        return None
+    return label
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The prior-quality report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def summarize_quality(rows: Sequence[ImageQuality], class_names: Sequence[str], skipped: int = 0) -> dict:
+    """Per data set: masks per image, share of images with empty priors, and per foreground class the best
+    mask's IoU / Dice over the scored images (labeled and val cases) where the class is present.
+
+    Args:
+        rows: one per image (2D case or slice).
+        class_names: names in label order, background first (``data.class_names``); classes without a name are
+            called ``class_<k>``.
+        skipped: cases that were already cached and so are not in ``rows`` (said in the summary).
+
+    Returns:
+        a JSON-ready dict: ``images``, ``cases``, ``cases_skipped``, ``masks_per_image`` (mean, median, min, max),
+        ``empty_images``, ``empty_share``, ``scored_images``, and ``classes``: ``{name: {images, best_iou_mean,
+        best_iou_median, best_dice_mean, share_best_iou_ge_0.5}}``.
+    """
+    counts = np.array([r.masks for r in rows], dtype=np.int64)
+    empty = int((counts == 0).sum())
+    scored = [r for r in rows if r.overlap is not None]
+    per_class: dict[int, list[tuple[float, float]]] = {}
+    for r in scored:
+        for c, pair in (r.overlap or {}).items():
+            per_class.setdefault(int(c), []).append(pair)
+    classes = {}
+    for c in sorted(per_class):
+        ious = np.array([p[0] for p in per_class[c]])
+        dices = np.array([p[1] for p in per_class[c]])
+        name = class_names[c] if c < len(class_names) else f"class_{c}"
+        classes[name] = {
+            "images": len(ious),
+            "best_iou_mean": round(float(ious.mean()), 4),
+            "best_iou_median": round(float(np.median(ious)), 4),
+            "best_dice_mean": round(float(dices.mean()), 4),
+            "share_best_iou_ge_0.5": round(float((ious >= 0.5).mean()), 4),
+        }
+    n = len(rows)
+    return {
+        "images": n,
+        "cases": len({r.case_id for r in rows}),
+        "cases_skipped": int(skipped),
+        "masks_per_image": {
+            "mean": round(float(counts.mean()), 3) if n else 0.0,
+            "median": float(np.median(counts)) if n else 0.0,
+            "min": int(counts.min()) if n else 0,
+            "max": int(counts.max()) if n else 0,
+        },
+        "empty_images": empty,
+        "empty_share": round(empty / n, 4) if n else 0.0,
+        "scored_images": len(scored),
+        "classes": classes,
+    }
+
+
+def warn_if_empty(summary: dict, where: Path | str = "") -> bool:
+    """Log a WARNING when more than :data:`EMPTY_PRIOR_WARN_SHARE` of the images got no mask (all-zero priors).
+    Returns whether it warned."""
+    if summary["images"] == 0 or summary["empty_share"] <= EMPTY_PRIOR_WARN_SHARE:
+        return False
+    logger.warning(
+        "EMPTY PRIORS: %d of %d images (%.0f %%) got no everything-mode mask, so their prior maps are all zeros%s. "
+        "The teacher's everything mode keeps nothing on this data: check teacher.everything (thresholds, "
+        "box_scales) against %s before training with priors.",
+        summary["empty_images"],
+        summary["images"],
+        100.0 * summary["empty_share"],
+        f" ({where})" if where else "",
+        SUMMARY_NAME,
+    )
+    return True
+
+
+def _preview_item(
+    loader: CaseLoader, case_id: str, priors: np.ndarray, quality: list[ImageQuality], scored: set[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """(image (C, H, W), priors (2, H, W), label (H, W) or None, title) of a case's middle slice."""
+    image = loader.image(case_id)
+    k = image.shape[1] // 2 if image.ndim == 4 else -1
+    label = None
+    if case_id in scored and loader.reader.has_label(case_id):
+        full = loader.reader.read_label(case_id)
+        label = full[k] if k >= 0 else full
+    row = quality[max(k, 0)]
+    title = f"{case_id}" + (f" [{k}]" if k >= 0 else "") + f": {row.masks} masks"
+    return (image[:, k] if k >= 0 else image), (priors[k] if k >= 0 else priors), label, title
+
+
+def write_quality_report(
+    root: Path, summary: dict, previews: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]]
+) -> tuple[Path, Path | None]:
+    """Write ``summary`` as ``<root>/priors_summary.json`` and, with previews, ``<root>/priors_preview.png``: one
+    row per image (the image with its label's outline where scored, the segmentation prior, the boundary prior).
+
+    Returns:
+        the two paths (the PNG's ``None`` without previews).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    summary_path = root / SUMMARY_NAME
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    logger.info(
+        "prior quality (%s): %d images, %.2f masks per image, %.1f %% empty; %s",
+        summary_path,
+        summary["images"],
+        summary["masks_per_image"]["mean"],
+        100.0 * summary["empty_share"],
+        ", ".join(f"{name} best-mask IoU {c['best_iou_mean']:.3f}" for name, c in summary["classes"].items())
+        or "no labeled images scored",
+    )
+    if not previews:
+        return summary_path, None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(previews), 3, figsize=(9, 3 * len(previews)), squeeze=False)
+    for row, (image, priors, label, title) in zip(axes, previews, strict=True):
+        shown = image[0] if image.shape[0] == 1 else np.clip(image[:3].transpose(1, 2, 0), 0, 1)
+        row[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
+        if label is not None and np.any(label > 0):
+            row[0].contour(label, levels=np.arange(0.5, int(label.max()) + 0.5), colors="yellow", linewidths=0.8)
+        row[0].set_title(title, fontsize=8)
+        row[1].imshow(priors[0], cmap="magma", vmin=0, vmax=1)
+        row[1].set_title("segmentation prior", fontsize=8)
+        row[2].imshow(priors[1], cmap="gray", vmin=0, vmax=1)
+        row[2].set_title("boundary prior", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    preview_path = root / PREVIEW_NAME
+    atomic_write_bytes(preview_path, buffer.getvalue())
+    return summary_path, preview_path
 
 
 def open_prior_store(cfg: RunConfig, case_ids: Sequence[str]) -> CacheStore:

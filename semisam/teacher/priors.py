@@ -122,3 +122,42 @@ def prior_maps(records: Sequence[MaskRecord], shape: tuple[int, int]) -> np.ndar
     if peak > 1.0:
         seg /= peak
     return np.stack([seg, boundary]).astype(np.float32)
+
+
+def best_mask_overlap(
+    records: Sequence[MaskRecord], label: np.ndarray, classes: Sequence[int]
+) -> dict[int, tuple[float, float]]:
+    """How well the best everything-mode mask matches each labeled structure of one image.
+
+    For measuring prior quality only (labeled and validation cases): nothing here may feed training.
+
+    Args:
+        records: everything-mode masks, each ``segmentation`` bool (H, W).
+        label: integer (H, W) label map of the same image.
+        classes: foreground class indices to score.
+
+    Returns:
+        ``{class: (best IoU, best Dice)}`` over the masks, for each class of ``classes`` present in ``label``
+        (absent classes are left out). With no masks both are 0.
+
+    Raises:
+        ValueError: a mask's shape differs from the label's.
+    """
+    label = np.asarray(label)
+    present = [int(c) for c in classes if np.any(label == c)]
+    if not records:
+        return {c: (0.0, 0.0) for c in present}
+    masks = np.stack([np.asarray(r.segmentation, dtype=bool) for r in records])
+    if masks.shape[1:] != label.shape:
+        raise ValueError(f"masks of shape {masks.shape[1:]} for a label of shape {label.shape}")
+    flat = masks.reshape(len(masks), -1)
+    areas = flat.sum(1)
+    out: dict[int, tuple[float, float]] = {}
+    for c in present:
+        target = (label == c).reshape(-1)
+        inter = flat[:, target].sum(1)
+        total = areas + int(target.sum())
+        iou = inter / np.maximum(total - inter, 1)
+        dice = 2.0 * inter / np.maximum(total, 1)
+        out[c] = (float(iou.max()), float(dice.max()))
+    return out
