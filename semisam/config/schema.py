@@ -185,7 +185,7 @@ class EvalConfig:
     inference: str = "resize"  # resize each slice to data.image_size, or sliding_window at native size
     # Which checkpoint stands for a run (tools/train.py's hint, the benchmark, the demo): ``best`` (best validation
     # Dice, as SSL4MIS reports) or ``last``. Both are always written and the benchmark scores both. Measured at the
-    # cpu scale over 3 seeds (aa23076): acdc-3 test Dice 0.562 with best vs 0.526 with last (68 labeled slices
+    # cpu scale over 3 seeds (aa23076): acdc-3 test Dice 0.561 with best vs 0.526 with last (68 labeled slices
     # overfit late); kvasir-10 the same with either (the best validation came at the last step).
     checkpoint: str = "best"
     batch_size: int = 16  # slices per forward pass
