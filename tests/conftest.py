@@ -63,3 +63,17 @@ def write_h5(path: Path, **datasets: np.ndarray) -> Path:
         for key, value in datasets.items():
             f.create_dataset(key, data=value)
     return path
+
+
+def run_train_tool(config: Path, overrides: list[str]):
+    """``tools/train.py --config config --no-progress overrides`` in a subprocess (one thread), output captured."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools/train.py"), "--config", str(config), "--no-progress", *overrides],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )

@@ -37,7 +37,7 @@ from semisam.engine.checkpoint import CheckpointError, load_checkpoint, load_mod
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest, teacher_identity
 from semisam.teacher.checkpoints import SAM_CHECKPOINTS, TeacherError, resolve_checkpoint
 
-from .conftest import REPO, tiny_overrides, write_h5, write_png
+from .conftest import REPO, run_train_tool, tiny_overrides, write_h5, write_png
 
 DEMO = REPO / "configs" / "demo.yaml"
 
@@ -595,12 +595,7 @@ def test_a_bad_file_met_when_resuming_leaves_the_checkpoints_intact(phantom_root
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
 
     # the tool says the same in one line with exit status 2
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools/train.py"), "--config", str(DEMO), "--no-progress", *overrides],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_train_tool(DEMO, overrides)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "DataError" in proc.stderr and "cannot read image" in proc.stderr and "Traceback" not in proc.stderr
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before

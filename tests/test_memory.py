@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from semisam.config.loader import load_config
 from semisam.data.dataset import SliceDataset, expand_to_slices
 from semisam.data.errors import DataError
 from semisam.data.memory import SliceStore, resize_maps
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, run_train_tool, tiny_overrides
 from tests.test_dataset import RecordingReader, _cfg
 
 DEMO = REPO / "configs" / "demo.yaml"
@@ -133,12 +130,7 @@ def test_a_bad_labeled_file_stops_training_before_a_step_with_workers(phantom_ro
     with pytest.raises(DataError, match=rf"{bad.name}: cannot read image"):
         Trainer(cfg, progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools/train.py"), "--config", str(DEMO), "--no-progress", *overrides],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = run_train_tool(DEMO, overrides)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and bad.name in errors[0] and "cannot read image" in errors[0]
