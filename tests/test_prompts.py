@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semisam.config.schema import PseudoLabelConfig
-from semisam.teacher.prompts import (
+from semisam.pseudolabel.prompts import (
     ClassPrompt,
     check_class_probabilities,
     perturb_prompts,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from semisam.config.loader import load_config
-from semisam.teacher.pseudo_labels import PseudoLabeler
-from semisam.teacher.rectify import SOURCE_IGNORED
+from semisam.pseudolabel.labeler import PseudoLabeler
+from semisam.pseudolabel.rectify import SOURCE_IGNORED
 
 from .conftest import REPO
 

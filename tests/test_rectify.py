@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from semisam.teacher.rectify import (
+from semisam.pseudolabel.rectify import (
     SOURCE_IGNORED,
     SOURCE_MODEL,
     SOURCE_TEACHER,

@@ -18,11 +18,11 @@ from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
 from semisam.engine.methods import SemiSAM, build_method
-from semisam.engine.refresh import PseudoLabelRefresher
 from semisam.engine.trainer import Trainer
+from semisam.pseudolabel import labeler as pl_module
+from semisam.pseudolabel.refresh import PseudoLabelRefresher
 from semisam.student.unet import build_student
 from semisam.teacher import precompute as pc
-from semisam.teacher import pseudo_labels as pl_module
 from semisam.teacher.engine import build_teacher
 from semisam.teacher.models import build_tiny_sam, tiny_spec
 

@@ -31,8 +31,8 @@ def main() -> None:
     from semisam.data.fusion import student_in_channels
     from semisam.engine.checkpoint import load_checkpoint, load_model_weights
     from semisam.evaluation.figures import save_prediction_figure
+    from semisam.pseudolabel.analysis import analyze_pseudo_labels
     from semisam.student.unet import build_student
-    from semisam.teacher.analysis import analyze_pseudo_labels
     from semisam.utils import atomic_write_text, resolve_device
 
     path = Path(args.checkpoint)

@@ -284,7 +284,7 @@ class PseudoLabelConfig:
     (weight 0) otherwise. ``trust``: ``calibrate`` compares, per class, the teacher's certain labels and the
     model's on the teacher's own pixels against the labels of ``calibration_images`` held-out (val) slices
     (prompts still from the model) and switches a class between teacher and model only on a difference outside
-    the noise band (:func:`~semisam.teacher.rectify.trust_decisions`); ``all`` / ``none`` trust the teacher for
+    the noise band (:func:`~semisam.pseudolabel.rectify.trust_decisions`); ``all`` / ``none`` trust the teacher for
     every / no class. A refresh is skipped while the EMA model's mean foreground Dice on those held-out slices is
     below ``min_model_dice`` (its prompts would be noise).
     """

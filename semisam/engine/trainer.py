@@ -118,7 +118,7 @@ class Trainer:
             self.priors = open_prior_store(cfg, [*self.split.labeled, *self.split.unlabeled, *self.split.val])
         self.refresher = None
         if cfg.method.name == "semisam" and cfg.pseudo_labels.enabled:
-            from semisam.engine.refresh import PseudoLabelRefresher
+            from semisam.pseudolabel.refresh import PseudoLabelRefresher
 
             self.refresher = PseudoLabelRefresher(
                 cfg,

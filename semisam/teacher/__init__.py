@@ -1,4 +1,5 @@
-"""The frozen SAM teacher: checkpoints, architectures, the batched engine, and what is built on it.
+"""The frozen SAM teacher: checkpoints, architectures, the batched engine, the embedding cache, the everything mode
+and the SAMAug prior maps. The pseudo-label method built on it lives in :mod:`semisam.pseudolabel`.
 
 Public API (re-exported here, imported lazily so that ``import semisam.teacher.cache`` stays light and does not
 pull in segment-anything / torchvision):

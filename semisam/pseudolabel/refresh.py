@@ -1,7 +1,7 @@
 """The pseudo-label bank's life in a run: when it is refreshed, how, and how it survives a restart.
 
 After the warm-up (``pseudo_labels.warmup`` of the run), every ``pseudo_labels.refresh_every`` iterations, the
-EMA model labels every unlabeled item through the frozen teacher (:mod:`semisam.teacher.pseudo_labels`), after
+EMA model labels every unlabeled item through the frozen teacher (:mod:`semisam.pseudolabel.labeler`), after
 a check of the model and (``pseudo_labels.trust=calibrate``) a trust calibration on held-out labeled items:
 ``pseudo_labels.calibration_images`` slices spread evenly over the val cases. Not the labeled training images:
 the student has memorised those, so its own score there says nothing about its score on unlabeled images (and
@@ -27,8 +27,8 @@ from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.readers import CaseReader
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
+from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, spread
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest
-from semisam.teacher.pseudo_labels import BankEntry, PseudoLabelBank, PseudoLabeler, spread
 
 logger = logging.getLogger("semisam")
 

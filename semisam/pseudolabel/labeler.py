@@ -3,19 +3,19 @@
 One refresh, for a set of 2D items (slices) of unlabeled images:
 
 1. the EMA model predicts class probabilities on the un-augmented image (at its original size);
-2. :func:`~semisam.teacher.prompts.prompts_from_probabilities` turns them into one prompt set per foreground
+2. :func:`~semisam.pseudolabel.prompts.prompts_from_probabilities` turns them into one prompt set per foreground
    class the teacher is trusted with — from the model's probabilities only: this pipeline never receives a
    label, and unlabeled items are read through a path that never opens one;
 3. each prompt and its ``perturbations`` jittered copies are decoded by the teacher on the cached image
    embeddings, all prompts of a batch of images in batched decoder calls;
 4. per class, inside its prompt boxes, the mean of the K+1 sigmoid maps and its uncertainty
-   (:mod:`semisam.teacher.rectify`); several components of one class combine by pixel-wise maximum of their
+   (:mod:`semisam.pseudolabel.rectify`); several components of one class combine by pixel-wise maximum of their
    means (the uncertainty of the component that gives the maximum); outside every box of the class the teacher
    was not asked, and the class's evidence there is the model's own (a predicted object left without a prompt
    is not "certainly background");
 5. classes the teacher is not trusted with, or was not asked about (no component to prompt), contribute the
    model's own probabilities and uncertainty instead — an unprompted class is not "certainly absent";
-6. the classes fuse into one label map, and :func:`~semisam.teacher.rectify.rectify` keeps what the teacher is
+6. the classes fuse into one label map, and :func:`~semisam.pseudolabel.rectify.rectify` keeps what the teacher is
    sure of, takes the model's label where the teacher is unsure but the model is confident, and ignores the rest.
 
 The same pipeline on held-out labeled images (prompts still from the model) calibrates per-class trust against
@@ -37,9 +37,8 @@ from semisam.config.schema import RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.fusion import fuse_priors
 from semisam.evaluation.inference import predict_probabilities
-from semisam.teacher.cache import CacheStore
-from semisam.teacher.prompts import ClassPrompt, perturb_prompts, prompts_from_probabilities
-from semisam.teacher.rectify import (
+from semisam.pseudolabel.prompts import ClassPrompt, perturb_prompts, prompts_from_probabilities
+from semisam.pseudolabel.rectify import (
     SOURCE_TEACHER,
     ClassEvidence,
     DiceCounts,
@@ -51,6 +50,7 @@ from semisam.teacher.rectify import (
     rectify,
     trust_decisions,
 )
+from semisam.teacher.cache import CacheStore
 from semisam.utils import atomic_write_bytes
 
 logger = logging.getLogger("semisam")
@@ -313,7 +313,7 @@ class PseudoLabeler:
         seed: int,
         previous: dict[int, bool] | None = None,
     ) -> tuple[dict[int, bool], dict[str, float], float]:
-        """Per-class trust from held-out labeled items (:func:`~semisam.teacher.rectify.trust_decisions`), and
+        """Per-class trust from held-out labeled items (:func:`~semisam.pseudolabel.rectify.trust_decisions`), and
         the model's own foreground Dice there (the refresh's check that its prompts are worth decoding).
 
         The prompts come from the model's predictions, as on unlabeled images; the labels only score. Each class
@@ -397,7 +397,7 @@ def _point_prompt(prompt: ClassPrompt) -> tuple[np.ndarray, np.ndarray]:
 
 def boxes_cover(boxes: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Bool ``(H, W)``: the pixels whose centre ``(c + 0.5, r + 0.5)`` lies in at least one of ``boxes`` (float
-    ``(4,)`` XYXY pixel-edge boxes, :mod:`semisam.teacher.prompts`)."""
+    ``(4,)`` XYXY pixel-edge boxes, :mod:`semisam.pseudolabel.prompts`)."""
     height, width = int(shape[0]), int(shape[1])
     cover = np.zeros((height, width), dtype=bool)
     centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
@@ -417,7 +417,7 @@ def _class_evidence(
     prompt sets' decodes; several components of one class combine by the pixel-wise maximum of their means (with
     the uncertainty of the component giving it). **Outside** every box the teacher was not asked about the
     class, so its near-zero answer there is no evidence of absence: the class's evidence there is the model's
-    own (:func:`~semisam.teacher.rectify.evidence_from_model`). Otherwise a predicted object left without a
+    own (:func:`~semisam.pseudolabel.rectify.evidence_from_model`). Otherwise a predicted object left without a
     prompt (``components: largest``, or below ``min_area``) would become certain background, and the student
     would be taught to erase what it found.
 

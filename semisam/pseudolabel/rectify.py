@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import entr
 
-from semisam.teacher.prompts import PROBABILITY_RANGE_TOLERANCE, check_class_probabilities
+from semisam.pseudolabel.prompts import PROBABILITY_RANGE_TOLERANCE, check_class_probabilities
 
 logger = logging.getLogger("semisam")
 
@@ -235,7 +235,7 @@ def evidence_from_model(model_probs: np.ndarray, class_index: int) -> ClassEvide
     model's probability of the class, ``uncertainty`` = its binary entropy in bits; both float32 ``(H, W)``.
 
     Raises:
-        ValueError: invalid probabilities (:func:`~semisam.teacher.prompts.check_class_probabilities`) or a class
+        ValueError: invalid probabilities (:func:`~semisam.pseudolabel.prompts.check_class_probabilities`) or a class
             outside ``1..K-1``.
     """
     model_probs = check_class_probabilities(model_probs, "model_probs")

@@ -16,9 +16,9 @@ from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
+from semisam.pseudolabel.labeler import PseudoLabeler, score_against_labels, spread
 from semisam.teacher.cache import CacheStore, cache_root
 from semisam.teacher.precompute import precompute
-from semisam.teacher.pseudo_labels import PseudoLabeler, score_against_labels, spread
 
 logger = logging.getLogger("semisam")
 
