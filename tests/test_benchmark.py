@@ -6,8 +6,17 @@ import json
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
-from semisam.benchmark.protocols import METHODS, MethodVariant, Protocol, Scale, get_method, get_protocol
+from semisam.benchmark.protocols import (
+    METHODS,
+    MethodVariant,
+    Protocol,
+    Scale,
+    get_method,
+    get_protocol,
+    get_scale,
+)
 from semisam.benchmark.runner import BenchmarkRunner, RunRecord, aggregate, build_run_config, format_table
 from semisam.config.schema import ConfigError
 
@@ -61,7 +70,21 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         assert cfg.student.arch == "res_unet" and cfg.student.norm == "instance"
         assert cfg.output_dir == str(tmp_path / name / "seed3")
         assert cfg.teacher.cache_dir == str(tmp_path / "cache")
-    assert [cfgs[m].method.name for m in METHODS] == ["supervised", "mean_teacher", "semisam", "semisam", "semisam"]
+    assert {m: cfgs[m].method.name for m in METHODS} == {
+        "supervised": "supervised",
+        "supervised_priors": "supervised",
+        "mean_teacher": "mean_teacher",
+        "semisam_priors": "semisam",
+        "semisam_pl": "semisam",
+        "semisam": "semisam",
+        "semisam_rounds_pl": "semisam",
+        "semisam_rounds": "semisam",
+    }
+    assert cfgs["supervised_priors"].priors.enabled and not cfgs["supervised"].priors.enabled
+    assert METHODS["supervised_priors"].uses_priors and not METHODS["supervised_priors"].uses_pseudo_labels
+    assert cfgs["semisam_rounds"].pseudo_labels.mode == "rounds" and cfgs["semisam_rounds"].priors.enabled
+    assert cfgs["semisam_rounds_pl"].pseudo_labels.mode == "rounds" and not cfgs["semisam_rounds_pl"].priors.enabled
+    assert cfgs["semisam"].pseudo_labels.mode == "online"
     assert not cfgs["semisam_priors"].pseudo_labels.enabled and cfgs["semisam_priors"].priors.enabled
     assert cfgs["semisam_pl"].pseudo_labels.enabled and not cfgs["semisam_pl"].priors.enabled
     assert cfgs["semisam"].pseudo_labels.enabled and cfgs["semisam"].priors.enabled
@@ -167,3 +190,45 @@ def test_a_variant_of_another_method_config_is_found(phantom_protocol):
     variant = MethodVariant("x", "semisam", ("priors.enabled=false",))
     assert protocol.method_config(variant, configs) == configs / "phantom" / "6_semisam.yaml"
     assert variant.uses_pseudo_labels and not variant.uses_priors
+
+
+def test_rounds_share_round_0_with_the_supervised_run_of_their_seed(tmp_path):
+    """A self-training run's round 0 is the supervised run of the same seed (with priors: supervised_priors), run
+    first; the mean teacher is never one, and a rounds run without a matching supervised run trains its own."""
+    names = ["semisam_rounds", "semisam_rounds_pl", "mean_teacher", "supervised", "supervised_priors"]
+    runner = BenchmarkRunner(
+        get_protocol("kvasir-10"), get_scale("cpu"), [METHODS[m] for m in names], [0, 1], tmp_path, progress=False
+    )
+    assert runner.round0_providers == {
+        ("semisam_rounds", 0): "supervised_priors",
+        ("semisam_rounds", 1): "supervised_priors",
+        ("semisam_rounds_pl", 0): "supervised",
+        ("semisam_rounds_pl", 1): "supervised",
+    }
+    cfg = runner.configs[("semisam_rounds_pl", 1)]
+    assert cfg.pseudo_labels.round0_checkpoint == str(tmp_path / "supervised" / "seed1" / "checkpoints" / "best.pt")
+    alone = BenchmarkRunner(
+        get_protocol("kvasir-10"), get_scale("cpu"), [METHODS["semisam_rounds"]], [0], tmp_path, progress=False
+    )
+    assert alone.round0_providers == {} and alone.configs[("semisam_rounds", 0)].pseudo_labels.round0_checkpoint is None
+
+
+def test_a_scored_run_is_compared_on_what_it_uses(tmp_path):
+    """A supervised run read back is not refused over teacher or pseudo-label settings it never used, nor over a
+    setting added since at its default; a setting it uses still counts."""
+    from semisam.config.loader import config_to_dict, unused_keys
+
+    cfg = build_run_config(get_protocol("kvasir-10"), METHODS["supervised"], get_scale("cpu"), 0, tmp_path)
+    saved = config_to_dict(cfg)
+    saved["teacher"]["everything"]["box_scales"] = [0.5]
+    saved["pseudo_labels"]["components"] = "largest"
+    del saved["pseudo_labels"]["mode"]  # written before the setting existed
+    assert "teacher.everything.box_scales" in unused_keys(cfg)
+    run_dir = tmp_path / "supervised" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    BenchmarkRunner._check_scored_config(cfg, run_dir)  # accepted
+    saved["schedule"]["lr"] = 0.01
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    with pytest.raises(ConfigError, match="schedule.lr"):
+        BenchmarkRunner._check_scored_config(cfg, run_dir)

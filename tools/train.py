@@ -9,6 +9,11 @@ Examples:
 The run directory (output_dir) receives config.yaml, environment.json, checkpoints/{last,best}.pt,
 tensorboard/ and metrics.csv. Running the same command again resumes from checkpoints/last.pt.
 
+Self-training rounds (pseudo_labels.mode=rounds, method semisam): round 0 trains on the labeled images, then each
+round labels the unlabeled pool through the teacher and trains on labeled + the most reliable pseudo-labeled
+images; the run directory holds round_0/, round_1/, ... and the last round's checkpoints/:
+  python tools/train.py --config configs/kvasir/10_semisam.yaml pseudo_labels.mode=rounds
+
 Several GPUs (one process each, DistributedDataParallel; schedule.batch_size is per process):
   torchrun --nproc_per_node=4 tools/train.py --config configs/acdc/7_mean_teacher.yaml
 """
@@ -23,11 +28,11 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(args.log_level)
     from semisam import distributed
-    from semisam.engine.trainer import Trainer
+    from semisam.engine.run import train
 
     cfg = config_from_args(args)
     with distributed.session(cfg.device):  # joins torchrun's process group, if there is one
-        result = Trainer(cfg, progress=not args.no_progress).fit()
+        result = train(cfg, progress=not args.no_progress)
         if distributed.is_main():
             print(
                 f"done: {result.iterations} iterations, best val Dice {result.best_metric:.4f} at "

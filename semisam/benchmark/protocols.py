@@ -49,6 +49,8 @@ class MethodVariant:
 
     @property
     def uses_priors(self) -> bool:
+        if "priors.enabled=true" in self.overrides:
+            return True
         return self.config == "semisam" and "priors.enabled=false" not in self.overrides
 
     @property
@@ -84,6 +86,12 @@ METHODS: dict[str, MethodVariant] = {
     m.name: m
     for m in (
         MethodVariant("supervised", "supervised", description="labeled images only"),
+        MethodVariant(
+            "supervised_priors",
+            "supervised",
+            ("priors.enabled=true",),
+            "labeled images only, SAMAug priors as input channels (SAMAug's own setting)",
+        ),
         MethodVariant("mean_teacher", "mean_teacher", description="SSL4MIS mean teacher"),
         MethodVariant(
             "semisam_priors",
@@ -98,6 +106,18 @@ METHODS: dict[str, MethodVariant] = {
             "mean teacher + rectified teacher pseudo-labels",
         ),
         MethodVariant("semisam", "semisam", description="mean teacher + priors + rectified pseudo-labels"),
+        MethodVariant(
+            "semisam_rounds_pl",
+            "semisam",
+            ("pseudo_labels.mode=rounds", "priors.enabled=false"),
+            "self-training rounds on the teacher's rectified pseudo-labels of the most reliable images",
+        ),
+        MethodVariant(
+            "semisam_rounds",
+            "semisam",
+            ("pseudo_labels.mode=rounds",),
+            "self-training rounds + SAMAug priors",
+        ),
     )
 }
 

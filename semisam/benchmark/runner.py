@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from semisam.benchmark.protocols import CONFIGS_DIR, MethodVariant, Protocol, Scale
-from semisam.config.loader import config_differences, load_config
+from semisam.config.loader import config_differences, load_config, unused_keys
 from semisam.config.schema import ConfigError, RunConfig
 from semisam.evaluation.figures import save_figure
 from semisam.utils import atomic_write_text
@@ -244,8 +244,33 @@ class BenchmarkRunner:
             for s in self.seeds
             for m in self.methods
         }
+        self.round0_providers = self._share_round0()
         self.teacher = teacher
         self.precompute_report: dict | None = None
+
+    def _share_round0(self) -> dict[tuple[str, int], str]:
+        """Self-training runs whose round 0 is exactly another method's run of the same seed (``supervised`` for
+        rounds without priors, ``supervised_priors`` with them): that run's checkpoint stands for their round 0
+        (``pseudo_labels.round0_checkpoint``), so each seed trains it once. Returns ``{(method, seed): provider}``."""
+        from semisam.config.loader import config_to_dict
+        from semisam.engine.run import uses_rounds
+        from semisam.pseudolabel.rounds import round0_ignored_keys, round_config
+
+        providers = {}
+        for (name, seed), cfg in self.configs.items():
+            if not uses_rounds(cfg) or cfg.pseudo_labels.round0_checkpoint:
+                continue
+            for other in self.methods:
+                other_cfg = self.configs[(other.name, seed)]
+                if uses_rounds(other_cfg) or other_cfg.method.name != "supervised":
+                    continue
+                diff = config_differences(round_config(cfg, 0), config_to_dict(other_cfg), round0_ignored_keys(cfg))
+                if not diff:
+                    ckpt = Path(other_cfg.output_dir) / "checkpoints" / f"{other_cfg.eval.checkpoint}.pt"
+                    cfg.pseudo_labels.round0_checkpoint = str(ckpt)
+                    providers[(name, seed)] = other.name
+                    break
+        return providers
 
     def _teacher_config(self) -> tuple[RunConfig | None, bool]:
         """The config to precompute with (a teacher-using run's) and whether priors are needed."""
@@ -289,7 +314,7 @@ class BenchmarkRunner:
 
     def run_one(self, method: MethodVariant, seed: int) -> RunRecord:
         """Train (or resume) and score one run; a run already scored is read back."""
-        from semisam.engine.trainer import Trainer
+        from semisam.engine.run import train
         from semisam.evaluation.runner import evaluate_checkpoint
 
         cfg = self.configs[(method.name, seed)]
@@ -304,7 +329,7 @@ class BenchmarkRunner:
         logger.info("%s seed %d: training in %s", method.name, seed, run_dir)
         resumed = (run_dir / "checkpoints" / "last.pt").exists()
         tic = time.perf_counter()
-        result = Trainer(cfg, progress=self.progress, teacher=self.teacher).fit()
+        result = train(cfg, progress=self.progress, teacher=self.teacher)
         train_seconds = time.perf_counter() - tic
         tic = time.perf_counter()
         summary = evaluate_checkpoint(result.checkpoint, split="test", progress=self.progress)
@@ -315,6 +340,10 @@ class BenchmarkRunner:
             out_dir=run_dir / f"eval_test_{other}",
             progress=False,
         )
+        provider = self.round0_providers.get((method.name, seed))
+        if provider is not None and not resumed:  # its round 0 was trained by that run: count its time too
+            saved = json.loads((Path(self.configs[(provider, seed)].output_dir) / "benchmark_run.json").read_text())
+            train_seconds = None if saved.get("train_seconds") is None else train_seconds + saved["train_seconds"]
         record = RunRecord(
             method=method.name,
             seed=seed,
@@ -351,7 +380,8 @@ class BenchmarkRunner:
         if not saved_path.exists():
             raise ConfigError(f"{run_dir} is scored but has no config.yaml, so its settings cannot be checked")
         saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
-        differing = config_differences(cfg, saved, RESUMABLE_DIFFERENCES)  # type: ignore[arg-type]
+        ignored = [*RESUMABLE_DIFFERENCES, *unused_keys(cfg)]  # e.g. the teacher's settings for a supervised run
+        differing = config_differences(cfg, saved, ignored)  # type: ignore[arg-type]
         if differing:
             raise ConfigError(
                 f"{run_dir} was scored with another config than this benchmark now builds (older code or other "
@@ -364,8 +394,9 @@ class BenchmarkRunner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prepare_teacher()
         records = []
-        for seed in self.seeds:
-            for method in self.methods:
+        providers = {p for p in self.round0_providers.values()}
+        for seed in self.seeds:  # a run whose checkpoint is another's round 0 runs first
+            for method in sorted(self.methods, key=lambda m: m.name not in providers):
                 records.append(self.run_one(method, seed))
                 self.write_results(records, command)  # a partial table after every run
         return self.write_results(records, command)

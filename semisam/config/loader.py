@@ -111,14 +111,19 @@ def config_differences(cfg: RunConfig, saved: dict, ignore: Sequence[str] = ()) 
     """The settings in which ``cfg`` differs from ``saved`` (a :func:`config_to_dict` of another run).
 
     Returns one ``"key: old -> new"`` string per differing leaf, in schema order; keys in ``ignore`` are not
-    compared, and a key the saved config lacks (written by an older version) reads as ``'<absent>'``.
+    compared. A key the saved config lacks (written by an older version, before the setting existed) reads as
+    ``'<absent>'`` and differs, unless ``cfg`` holds the schema's default there: a new setting's default is the
+    behaviour the older version had.
     """
     now, then = OmegaConf.create(config_to_dict(cfg)), OmegaConf.create(saved)
+    defaults = OmegaConf.structured(RunConfig)
     differing = []
     for key in _flat_keys(now):
         if key in ignore:
             continue
         old, new = OmegaConf.select(then, key, default="<absent>"), OmegaConf.select(now, key)
+        if old == "<absent>" and new == OmegaConf.select(defaults, key, default="<absent>"):
+            continue
         if old != new:
             differing.append(f"{key}: {old!r} -> {new!r}")
     return differing
@@ -133,4 +138,23 @@ def _flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
             keys.extend(_flat_keys(value, f"{full}."))
         else:
             keys.append(full)
+    return keys
+
+
+_MEAN_TEACHER_KEYS = ("ema_decay", "consistency_weight", "consistency_rampup", "ema_input_noise", "forward")
+
+
+def unused_keys(cfg: RunConfig) -> list[str]:
+    """The settings that cannot change what ``cfg`` trains, for comparing a run with another (a scored run read
+    back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it, the
+    pseudo-labels' when the method does not train on them, the mean teacher's when the method is supervised."""
+    data = config_to_dict(cfg)
+    pseudo = cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+    keys: list[str] = []
+    if not (pseudo or cfg.priors.enabled):
+        keys += _flat_keys(OmegaConf.create(data["teacher"]), "teacher.")
+    if not pseudo:
+        keys += _flat_keys(OmegaConf.create(data["pseudo_labels"]), "pseudo_labels.")
+    if cfg.method.name == "supervised":
+        keys += [f"method.{k}" for k in _MEAN_TEACHER_KEYS]
     return keys

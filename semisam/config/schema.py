@@ -30,6 +30,9 @@ PRIOR_FUSIONS = ("concat", "add", "none")
 COMPONENT_RULES = ("largest", "all")
 UNCERTAINTY_KINDS = ("entropy", "variance")
 TRUST_MODES = ("calibrate", "all", "none")
+PSEUDO_LABEL_MODES = ("online", "rounds")
+RELIABILITY_RULES = ("teacher", "student", "both")
+ROUND_INITS = ("previous", "scratch")
 
 
 @dataclass
@@ -325,6 +328,21 @@ class PseudoLabelConfig:
     # the student sees its unlabeled images with photometric (strong) augmentation on top of the spatial one;
     # the EMA model's consistency target stays on the weak view (FixMatch's weak/strong split)
     strong_augmentation: bool = True
+    # online: the EMA model relabels the pool during the run (warmup, refresh_every), the mean teacher's
+    # consistency alongside. rounds: self-training (Keuth et al. 2024, ST++): round 0 trains the student on the
+    # labeled images alone; each later round, the last round's student prompts the teacher on the whole pool once,
+    # the select_fraction most reliable images (by the reliability rule: agreement of the teacher's perturbed
+    # decodes, of the teacher with the student, or the lower of both) keep their rectified pseudo-labels, and a new
+    # round trains on labeled + those images (Dice + CE on both, weighted per pixel; no consistency term).
+    mode: str = "online"
+    rounds: int = 1  # rounds after round 0 (mode=rounds)
+    select_fraction: float = 0.5  # share of the pool's images kept per round, the most reliable first
+    reliability: str = "both"  # teacher | student | both
+    round_iterations: float = 0.5  # iterations of a round after round 0, as a fraction of schedule.iterations
+    round_init: str = "previous"  # previous: a round starts from the last round's weights; scratch: from random
+    # a finished round 0 to start from instead of training it (its config must be this run's round 0; the
+    # benchmark passes the supervised run of the same seed)
+    round0_checkpoint: str | None = None
 
 
 @dataclass
@@ -462,6 +480,13 @@ def validate_config(cfg: RunConfig) -> None:
     _positive("pseudo_labels.calibration_images", pl.calibration_images, allow_zero=True)
     _positive("pseudo_labels.min_area", pl.min_area, allow_zero=True)
     _positive("pseudo_labels.refresh_every", pl.refresh_every)
+    _choice("pseudo_labels.mode", pl.mode, PSEUDO_LABEL_MODES)
+    _choice("pseudo_labels.reliability", pl.reliability, RELIABILITY_RULES)
+    _choice("pseudo_labels.round_init", pl.round_init, ROUND_INITS)
+    _positive("pseudo_labels.rounds", pl.rounds)
+    _positive("pseudo_labels.round_iterations", pl.round_iterations)
+    if not 0 < pl.select_fraction <= 1:
+        raise ConfigError(f"pseudo_labels.select_fraction={pl.select_fraction} must be in (0, 1]")
     if m.name == "semisam" and not (pl.enabled or cfg.priors.enabled):
         raise ConfigError("method.name=semisam needs pseudo_labels.enabled and/or priors.enabled")
 

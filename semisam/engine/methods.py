@@ -176,6 +176,8 @@ class SemiSAM(MeanTeacher):
             start = pl.warmup * total
         if iteration < start:
             return 0.0
+        if pl.mode == "rounds":  # a self-training round: its bank is there, and final, from the first step
+            return pl.weight
         return pl.weight * sigmoid_rampup(iteration - start, pl.rampup * total)
 
     def unlabeled_terms(self, logits_u, unlabeled, iteration, loss):

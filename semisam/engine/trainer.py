@@ -91,8 +91,11 @@ class TrainResult:
 class Trainer:
     """Trains a student as configured. ``Trainer(cfg).fit()``."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = True, teacher=None) -> None:
-        """``teacher``: an already built teacher for the pseudo-labels (default: built from ``cfg.teacher``)."""
+    def __init__(self, cfg: RunConfig, progress: bool = True, teacher=None, round_data=None) -> None:
+        """``teacher``: an already built teacher for the pseudo-labels (default: built from ``cfg.teacher``).
+        ``round_data``: for a self-training round (``pseudo_labels.mode=rounds``), the selected unlabeled items,
+        their fixed bank and the weights to start from (:class:`semisam.pseudolabel.rounds.RoundData`; the rounds
+        driver :class:`~semisam.pseudolabel.rounds.SelfTraining` builds it)."""
         self.cfg = cfg
         self.main = distributed.is_main()  # the process that validates, records and writes files
         self.progress = progress and self.main
@@ -107,7 +110,13 @@ class Trainer:
         require_labels(self.reader, self.split.val, "val")  # before any step, not at the first validation
         self.method = build_method(cfg)
         self.labeled_items = expand_to_slices(self.reader, self.split.labeled)
-        self.unlabeled_items = expand_to_slices(self.reader, self.split.unlabeled) if self.method.uses_unlabeled else []
+        self.round_data = round_data
+        if round_data is not None:  # a self-training round: only the selected pseudo-labeled images
+            self.unlabeled_items = list(round_data.items)
+        elif self.method.uses_unlabeled:
+            self.unlabeled_items = expand_to_slices(self.reader, self.split.unlabeled)
+        else:
+            self.unlabeled_items = []
         if self.method.uses_unlabeled and not self.unlabeled_items:
             raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data, but the split has none")
 
@@ -117,7 +126,15 @@ class Trainer:
 
             self.priors = open_prior_store(cfg, [*self.split.labeled, *self.split.unlabeled, *self.split.val])
         self.refresher = None
-        if cfg.method.name == "semisam" and cfg.pseudo_labels.enabled:
+        if cfg.method.name == "semisam" and cfg.pseudo_labels.enabled and cfg.pseudo_labels.mode == "rounds":
+            if round_data is None:
+                raise ConfigError(
+                    "pseudo_labels.mode=rounds is run by semisam.engine.run.train (tools/train.py), which trains "
+                    "round 0 and builds each round's bank; a Trainer alone trains one round given its RoundData"
+                )
+            self.refresher = round_data
+            self.method.bank_source = round_data
+        elif cfg.method.name == "semisam" and cfg.pseudo_labels.enabled:
             from semisam.pseudolabel.refresh import PseudoLabelRefresher
 
             self.refresher = PseudoLabelRefresher(
@@ -209,6 +226,14 @@ class Trainer:
         rank_rng = state.get("rank_rng")
         return rank_rng[distributed.rank()] if rank_rng else state["rng"]
 
+    def _start_from(self, path: Path) -> None:
+        """A round that continues the last one: its student weights (and a fresh EMA of them); optimiser and
+        schedule start anew."""
+        load_model_weights(self.model, load_checkpoint(path, map_location=self.device), path)
+        if self.ema is not None:
+            self.ema = StudentEMA(self.model, self.cfg.method.ema_decay)
+        logger.info("starting from the weights of %s", path)
+
     def _check_same_config(self, saved: dict, path: Path) -> None:
         differing = config_differences(self.cfg, saved, RESUMABLE_DIFFERENCES)
         if differing:
@@ -264,6 +289,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
         rng_state = self._resume(last) if last.exists() else None
+        if rng_state is None and self.round_data is not None and self.round_data.init_checkpoint is not None:
+            self._start_from(self.round_data.init_checkpoint)
         if self.main:
             save_config(cfg, self.run_dir / "config.yaml")
             atomic_write_text(self.run_dir / "environment.json", json.dumps(environment_info(), indent=2))

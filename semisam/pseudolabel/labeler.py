@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,12 @@ from semisam.pseudolabel.rectify import (
     mean_and_uncertainty,
     rectify,
     trust_decisions,
+)
+from semisam.pseudolabel.reliability import (
+    ImageReliability,
+    decode_agreement,
+    image_reliability,
+    image_teacher_agreement,
 )
 from semisam.teacher.cache import CacheStore
 from semisam.utils import atomic_write_bytes
@@ -133,6 +140,12 @@ class PseudoLabelResult:
     model_probs: np.ndarray
     prompts: int = 0
     covered: dict[int, np.ndarray] = field(default_factory=dict)
+    # agreement of the teacher's perturbed decodes (:mod:`semisam.pseudolabel.reliability`); NaN: no prompt
+    teacher_agreement: float = math.nan
+
+    def reliability(self) -> ImageReliability:
+        """The image-level reliability signals of this pseudo-label."""
+        return image_reliability(self.teacher_agreement, self.teacher_label, self.model_probs)
 
 
 @dataclass
@@ -300,7 +313,8 @@ class PseudoLabeler:
                 r = rectify(
                     label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence, pl.uncertainty_weighting
                 )
-                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets), covered))
+                agreement = image_teacher_agreement([decode_agreement(m) for m in maps])
+                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets), covered, agreement))
                 stats.add(r, sum(len(g) for _, g in sets))
         model.train(was_training)
         return results, stats
@@ -372,6 +386,24 @@ class PseudoLabeler:
         model_mean = _nanmean([_nanmean(v) for v in model_dice.values()])
         scalars["calibration/model_dice_mean"] = model_mean
         return {k: d.trusted for k, d in decisions.items()}, scalars, model_mean
+
+
+def open_embedding_store(cfg: RunConfig, teacher, case_ids: Sequence[str]) -> CacheStore:
+    """The embedding cache the pseudo-labels decode on: refuses one made by another teacher or lacking some of
+    ``case_ids``, naming the command that makes it."""
+    from semisam.teacher.cache import CacheError, cache_root, expected_manifest
+    from semisam.teacher.precompute import identity_of
+
+    embeddings = CacheStore(cache_root(cfg), "embeddings")
+    command = "python tools/precompute.py --config <this run's config>"
+    embeddings.check(expected_manifest(cfg, "embeddings", identity_of(teacher)), command)
+    missing = embeddings.missing(list(case_ids))
+    if missing:
+        raise CacheError(
+            f"{embeddings.dir} lacks embeddings of {len(missing)} training cases (e.g. {missing[:3]}); "
+            f"the pseudo-labels decode prompts on them. Make them with: {command}"
+        )
+    return embeddings
 
 
 def spread(items: Sequence[Item], count: int) -> list[Item]:

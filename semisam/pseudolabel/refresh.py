@@ -27,8 +27,8 @@ from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.readers import CaseReader
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
-from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, spread
-from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest
+from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, open_embedding_store, spread
+from semisam.teacher.cache import CacheStore
 
 logger = logging.getLogger("semisam")
 
@@ -53,7 +53,6 @@ class PseudoLabelRefresher:
         """``held_out_items``: slices of labeled cases the student never trains on (the val split); the
         calibration and the model check use ``pseudo_labels.calibration_images`` of them, spread evenly."""
         from semisam.teacher.engine import build_teacher
-        from semisam.teacher.precompute import identity_of
 
         self.cfg = cfg
         self.reader = reader
@@ -75,16 +74,8 @@ class PseudoLabelRefresher:
         if not self.main:
             return
         self.teacher = teacher or build_teacher(cfg.teacher)
-        embeddings = CacheStore(cache_root(cfg), "embeddings")
-        command = "python tools/precompute.py --config <this run's config>"
-        embeddings.check(expected_manifest(cfg, "embeddings", identity_of(self.teacher)), command)
         cases = sorted({c for c, _ in unlabeled_items} | {c for c, _ in self.calibration_items})
-        missing = embeddings.missing(cases)
-        if missing:
-            raise CacheError(
-                f"{embeddings.dir} lacks embeddings of {len(missing)} training cases (e.g. {missing[:3]}); "
-                f"the pseudo-labels decode prompts on them. Make them with: {command}"
-            )
+        embeddings = open_embedding_store(cfg, self.teacher, cases)
         self.labeler = PseudoLabeler(
             cfg, self.teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device
         )
