@@ -291,8 +291,14 @@ class BenchmarkRunner:
 
         self.teacher = self.teacher or build_teacher(cfg.teacher)
         # val: the pseudo-label refreshes calibrate trust on held-out labeled cases
-        splits = ("labeled", "unlabeled", "val", "test") if need_priors else ("labeled", "unlabeled", "val")
-        keep = ("labeled", "unlabeled", "val") if any(m.uses_pseudo_labels for m in self.methods) else None
+        # without priors only the images the pseudo-labels decode on: the unlabeled pool and val (calibration);
+        # with priors every image a student sees, the unlabeled pool only if a method trains on it
+        if need_priors:
+            pool = any(m.config != "supervised" for m in self.methods)
+            splits = ("labeled", "unlabeled", "val", "test") if pool else ("labeled", "val", "test")
+        else:
+            splits = ("unlabeled", "val")
+        keep = ("unlabeled", "val") if any(m.uses_pseudo_labels for m in self.methods) else None
         report = precompute(
             cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors, keep_embeddings_of=keep
         )
