@@ -65,6 +65,15 @@ def test_all_components_sorted_by_area_and_min_area():
     assert [p.class_index for p in prompts] == [1]
 
 
+def test_min_area_fraction_drops_specks_relative_to_the_image():
+    label = two_blobs()  # 600 pixels: components of 36 and 4 (class 1), 9 (class 2)
+    fraction = cfg(components="all", min_area=1, min_area_fraction=0.01)  # 6 pixels here
+    prompts = prompts_from_probabilities(probs_from_label(label, 3), fraction)
+    assert [(p.class_index, int(p.component.sum())) for p in prompts] == [(1, 36), (2, 9)]
+    larger = cfg(components="all", min_area=10, min_area_fraction=0.01)  # the larger of the two rules
+    assert [int(p.component.sum()) for p in prompts_from_probabilities(probs_from_label(label, 3), larger)] == [36]
+
+
 def test_diagonal_pixels_are_one_component():
     label = np.zeros((6, 6), dtype=np.int64)
     label[1, 1] = label[2, 2] = label[3, 3] = 1  # 8-connected chain

@@ -104,9 +104,9 @@ def prompts_from_probabilities(
 
     For each foreground class ``k`` (all of ``1..K-1``, or only ``classes``), the region ``argmax == k`` is split
     into 8-connected components. ``cfg.components == "largest"`` keeps the largest one (ties: the first in
-    row-major order) if its area is at least ``cfg.min_area`` pixels; ``"all"`` keeps every component of at least
-    ``cfg.min_area`` pixels. A class the model does not predict (or only in components below ``min_area``) gets no
-    prompt. Per kept component:
+    row-major order) if its area is at least the smallest area; ``"all"`` keeps every component of at least that
+    area: ``cfg.min_area`` pixels or ``cfg.min_area_fraction`` of the image, whichever is larger. A class the model
+    does not predict (or only in smaller components) gets no prompt (its evidence stays the model's own). Per kept component:
 
     - **box**: its tight pixel-edge box, grown on each side by ``cfg.box_margin`` times its width (x) or height
       (y), clipped to ``[0, W] x [0, H]``;
@@ -160,8 +160,9 @@ def prompts_from_probabilities(
         order = np.argsort(-areas, kind="stable")
         if cfg.components == "largest":
             order = order[:1]
+        smallest = max(cfg.min_area, cfg.min_area_fraction * region.size)  # pixels, at this image's size
         for index in order:
-            if areas[index] < cfg.min_area:
+            if areas[index] < smallest:
                 continue
             component = labels == index + 1
             box = component_box(component, cfg.box_margin)
