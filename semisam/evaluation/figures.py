@@ -107,6 +107,7 @@ def save_prediction_figure(
     num_classes: int,
     class_names: Sequence[str] | None = None,
     image_channels: int | None = None,
+    columns: tuple[str, str] = ("reference", "prediction"),
 ) -> None:
     """A PNG grid, one row per case: image, reference overlay, prediction overlay.
 
@@ -120,6 +121,7 @@ def save_prediction_figure(
         num_classes: classes including background; class ``c`` is drawn in ``CLASS_COLOURS[c - 1]``.
         class_names: for the legend, all classes (background first) or foreground only; default ``class_c``.
         image_channels: how many leading channels are the image (1 gray, 3 RGB); default 3 if C >= 3 else 1.
+        columns: the names of the second and third panels (e.g. ``("student", "pseudo-label")``).
 
     The prediction panel's title gives the case's mean foreground Dice (and per class with several classes)
     when a reference is given. The figure is ``3 * CELL_INCHES`` wide and ``rows * CELL_INCHES +
@@ -162,13 +164,13 @@ def save_prediction_figure(
             if ref.shape != pred.shape:
                 raise ValueError(f"case {title!r}: ref shape {ref.shape} != pred shape {pred.shape}")
             axes[1].imshow(_overlay(base, ref, num_classes), interpolation="nearest")
-            axes[1].set_title("reference", fontsize=9)
-            pred_title = f"prediction: {_dice_text(pred, ref, num_classes, fg)}"
+            axes[1].set_title(columns[0], fontsize=9)
+            pred_title = f"{columns[1]}: {_dice_text(pred, ref, num_classes, fg)}"
         else:
             axes[1].imshow(base * 0.3, interpolation="nearest")
             axes[1].text(0.5, 0.5, "no reference", ha="center", va="center", color="white", transform=axes[1].transAxes)
-            axes[1].set_title("reference", fontsize=9)
-            pred_title = "prediction"
+            axes[1].set_title(columns[0], fontsize=9)
+            pred_title = columns[1]
         axes[2].imshow(_overlay(base, pred, num_classes), interpolation="nearest")
         axes[2].set_title(pred_title, fontsize=8 if "\n" in pred_title else 9)
         for ax in axes:

@@ -106,7 +106,8 @@ def prompts_from_probabilities(
     into 8-connected components. ``cfg.components == "largest"`` keeps the largest one (ties: the first in
     row-major order) if its area is at least the smallest area; ``"all"`` keeps every component of at least that
     area: ``cfg.min_area`` pixels or ``cfg.min_area_fraction`` of the image, whichever is larger. A class the model
-    does not predict (or only in smaller components) gets no prompt (its evidence stays the model's own). Per kept component:
+    does not predict (or only in smaller components) gets no prompt (its evidence stays the model's own). Per kept
+    component:
 
     - **box**: its tight pixel-edge box, grown on each side by ``cfg.box_margin`` times its width (x) or height
       (y), clipped to ``[0, W] x [0, H]``;

@@ -305,7 +305,7 @@ def save_selection_figure(
     path: Path, loader: CaseLoader, items: list[Item], results: list[PseudoLabelResult], scores: list[float], cfg
 ) -> None:
     """The 3 most and 3 least reliable images: the student's prediction (middle) and the pseudo-label (right,
-    ignored pixels drawn as background)."""
+    ignored pixels drawn as background, with its Dice against the student's prediction)."""
     from semisam.evaluation.figures import save_prediction_figure
 
     order = [i for i in rank_by_reliability(scores) if not math.isnan(scores[i])]
@@ -317,9 +317,10 @@ def save_selection_figure(
         [loader.image_slice(*items[i]) for i in shown],
         [results[i].model_probs.argmax(0) for i in shown],
         [results[i].rectified.label * (results[i].rectified.weight > 0) for i in shown],
-        [f"{items[i][0]}: reliability {scores[i]:.2f} (middle: student, right: pseudo-label)" for i in shown],
+        [f"{items[i][0]}: reliability {scores[i]:.2f}" for i in shown],
         cfg.data.num_classes,
         class_names=cfg.data.class_names or None,
+        columns=("student", "pseudo-label (vs student)"),
     )
 
 
