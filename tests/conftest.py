@@ -33,7 +33,16 @@ def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
         "data.image_size": "[32,32]",
         "data.num_workers": "0",
         "data.split.labeled_count": "6",
+        # the tests keep the batch-norm BasicUNet and SGD that demo.yaml had before it took the cpu scale's
+        # student and AdamW: they check batch-norm statistics (synchronised across ranks, restored on resume),
+        # which the demo's instance-norm student has none of, and a 6-step run cannot hold a 120-step lr warm-up
+        "student.arch": "basic_unet",
+        "student.norm": "batch",
         "student.features": "[4,8,16,32,64]",
+        "schedule.optimizer": "sgd",
+        "schedule.lr": "0.03",
+        "schedule.lr_schedule": "poly",
+        "schedule.warmup_iterations": "0",
         "schedule.iterations": "6",
         "schedule.batch_size": "2",
         "schedule.unlabeled_batch_size": "2",

@@ -9,6 +9,13 @@ Examples:
   python tools/benchmark_teacher.py --kinds litemedsam --images 4
   python tools/benchmark_teacher.py --config configs/kvasir/10_supervised.yaml --kinds litemedsam \\
       --precisions fp32,bf16 --images 32 --boxes 10          # on a GPU
+  OMP_NUM_THREADS=1 taskset -c 0 python tools/benchmark_teacher.py --stages --images 10 --split val \\
+      --config configs/kvasir/10_semisam.yaml --config configs/benchmark/cpu_kvasir.yaml
+      # the offline pass (tools/precompute.py) in seconds per image by stage: read, encoder, everything, priors, save
+
+With --stages, the images are the first N of --split (default val) at their original size, one at a time, as the
+precompute tool sees them; the table gives seconds per image of each stage (see
+semisam.teacher.benchmark.precompute_stage_times).
 """
 
 import json
@@ -28,6 +35,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="images to time (default 4)")
     parser.add_argument("--boxes", type=int, default=10, help="perturbed boxes per image for decoding (default 10)")
     parser.add_argument("--no-everything", action="store_true", help="skip the everything-mode timing")
+    parser.add_argument("--stages", action="store_true", help="time the offline pass by stage instead (2D data)")
+    parser.add_argument("--split", default="val", help="with --stages: the split whose first N cases are timed")
+    parser.add_argument("--label", default="", help="with --stages: a name for the row (e.g. a commit)")
     parser.add_argument("--output", default="runs/benchmark_teacher.json", help="JSON results file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args()
@@ -62,6 +72,23 @@ def main() -> None:
     reader = build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())
     loader = CaseLoader(reader, cfg.data)
+    if args.stages:
+        import tempfile
+
+        from semisam.teacher.benchmark import format_stage_rows, precompute_stage_times
+
+        teacher = build_teacher(cfg.teacher)
+        case_ids = list(getattr(split, args.split))[: args.images]
+        with tempfile.TemporaryDirectory() as tmp:
+            row = precompute_stage_times(teacher, loader, case_ids, cfg, tmp)
+        row.update(label=args.label or cfg.data.name, data=cfg.data.name, split=args.split)
+        print(
+            f"\n{row['images']} {args.split} images of {cfg.data.name} (after 1 warm-up), CPU seconds per image, "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads\n\n{format_stage_rows([row])}"
+        )
+        atomic_write_text(Path(args.output), json.dumps({"stages": row, "data": cfg.data.name}, indent=2))
+        return
     images = []
     for case_id in split.test or split.val or split.labeled:
         image = loader.image(case_id)

@@ -15,6 +15,7 @@ Timings use ``time.perf_counter`` after one warm-up call, with ``torch.cuda.sync
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -114,5 +115,95 @@ def format_rows(rows: list[dict]) -> str:
         for key, _ in columns:
             value = row.get(key, "")
             cells.append(f"{value:.3g}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# The offline pass (tools/precompute.py) split into its stages, per image: what each costs on the given images.
+PRECOMPUTE_STAGES = ("read", "encoder", "everything", "priors", "save")
+
+
+def precompute_stage_times(
+    teacher: SamTeacher,
+    loader,
+    case_ids: Sequence[str],
+    cfg: RunConfig,
+    out_dir,
+) -> dict[str, float]:
+    """Seconds per 2D image of each stage of the offline pass, one image at a time, on ``case_ids`` (2D cases):
+
+    - ``read``: reading and normalising the image (``CaseLoader.image``, cache cleared first);
+    - ``encoder``: ``teacher.embed`` of that image (resize, normalise, image encoder);
+    - ``everything``: :func:`~semisam.teacher.precompute.everything_masks` on its embedding (decoder, filters,
+      NMS, masks at the original size);
+    - ``priors``: :func:`~semisam.teacher.priors.prior_maps` of those masks;
+    - ``save``: storing the embedding and the priors as the cache does (float16 ``.npy``, atomic) under ``out_dir``.
+
+    Each stage is timed twice: wall clock (``<stage>``) and this process's CPU time (``<stage>_cpu``,
+    ``time.process_time``). With one thread on a core that other jobs share, the CPU time is what the stage would
+    take alone on that core; the wall clock also counts the waits. One warm-up image (the first) is run and not
+    counted. Also returns ``total`` / ``total_cpu`` (sums of the stages), ``masks`` (mean masks per image) and
+    ``images``.
+    """
+    from pathlib import Path
+
+    from semisam.teacher.cache import CacheStore
+    from semisam.teacher.priors import prior_maps
+
+    stores = {kind: CacheStore(Path(out_dir), kind) for kind in ("embeddings", "priors")}
+    for store in stores.values():
+        store.dir.mkdir(parents=True, exist_ok=True)
+    sums = dict.fromkeys([*PRECOMPUTE_STAGES, *(f"{s}_cpu" for s in PRECOMPUTE_STAGES)], 0.0)
+    masks = 0
+    counted = 0
+    for index, case_id in enumerate([case_ids[0], *case_ids]):
+        times: dict[str, float] = {}
+        clock = [time.perf_counter(), time.process_time()]
+        lap = functools.partial(_lap, times, clock)
+        loader.clear()
+        image = loader.image(case_id)
+        if image.ndim != 3:
+            raise ValueError(f"{case_id}: precompute_stage_times takes 2D cases, got shape {image.shape}")
+        lap("read")
+        embedding = teacher.embed([image])
+        lap("encoder")
+        records = everything_masks(teacher, image, embedding, cfg)
+        lap("everything")
+        maps = prior_maps(records, image.shape[-2:])
+        lap("priors")
+        stores["embeddings"].save(case_id, embedding[0].cpu().numpy())
+        stores["priors"].save(case_id, maps)
+        lap("save")
+        if index == 0:
+            continue  # warm-up
+        counted += 1
+        masks += len(records)
+        for key, value in times.items():
+            sums[key] += value
+    result = {key: value / counted for key, value in sums.items()}
+    result["total"] = sum(result[stage] for stage in PRECOMPUTE_STAGES)
+    result["total_cpu"] = sum(result[f"{stage}_cpu"] for stage in PRECOMPUTE_STAGES)
+    result["masks"] = masks / counted
+    result["images"] = counted
+    return result
+
+
+def _lap(times: dict[str, float], clock: list[float], stage: str) -> None:
+    """Record the wall and CPU seconds since ``clock`` as ``stage`` / ``<stage>_cpu`` and restart ``clock``."""
+    now = (time.perf_counter(), time.process_time())
+    times[stage], times[f"{stage}_cpu"] = now[0] - clock[0], now[1] - clock[1]
+    clock[:] = now
+
+
+def format_stage_rows(rows: list[dict]) -> str:
+    """A Markdown table of :func:`precompute_stage_times` rows: CPU seconds per image by stage, then the wall
+    clock total."""
+    stages = (*PRECOMPUTE_STAGES, "total")
+    titles = ["run", *(f"{stage} cpu s/img" for stage in stages), "total wall s/img", "masks/img"]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for row in rows:
+        cells = [str(row.get("label", ""))]
+        cells += [f"{row[f'{stage}_cpu']:.3f}" for stage in stages]
+        cells += [f"{row['total']:.3f}", f"{row['masks']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
