@@ -25,7 +25,7 @@ def main() -> None:
     setup_logging()
     from semisam.config.loader import load_config
     from semisam.data.phantom import make_phantom
-    from semisam.engine.trainer import Trainer
+    from semisam.engine.run import train
     from semisam.evaluation.report import format_summary
     from semisam.evaluation.runner import evaluate_checkpoint
 
@@ -49,7 +49,7 @@ def main() -> None:
         cfg, teacher=teacher, splits=["labeled", "unlabeled", "val", "test"], progress=not args.no_progress
     )
     print(f"teacher cache: {report.root} ({len(report.computed)} cases computed, {report.skipped} reused)")
-    result = Trainer(cfg, progress=not args.no_progress, teacher=teacher).fit()
+    result = train(cfg, progress=not args.no_progress, teacher=teacher)
     summary = evaluate_checkpoint(result.checkpoint, "test", progress=not args.no_progress)
     out = result.run_dir / "eval_test"
     print(format_summary(summary))
