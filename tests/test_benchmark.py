@@ -76,15 +76,16 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "mean_teacher": "mean_teacher",
         "semisam_priors": "semisam",
         "semisam_pl": "semisam",
-        "semisam": "semisam",
+        "semisam_online": "semisam",
         "semisam_rounds_pl": "semisam",
-        "semisam_rounds": "semisam",
+        "semisam": "semisam",
     }
     assert cfgs["supervised_priors"].priors.enabled and not cfgs["supervised"].priors.enabled
     assert METHODS["supervised_priors"].uses_priors and not METHODS["supervised_priors"].uses_pseudo_labels
-    assert cfgs["semisam_rounds"].pseudo_labels.mode == "rounds" and cfgs["semisam_rounds"].priors.enabled
+    assert cfgs["semisam"].pseudo_labels.mode == "rounds" and cfgs["semisam"].priors.enabled  # the default
     assert cfgs["semisam_rounds_pl"].pseudo_labels.mode == "rounds" and not cfgs["semisam_rounds_pl"].priors.enabled
-    assert cfgs["semisam"].pseudo_labels.mode == "online"
+    assert cfgs["semisam_online"].pseudo_labels.mode == "online" and cfgs["semisam_online"].priors.enabled
+    assert cfgs["semisam_pl"].pseudo_labels.mode == "online"
     assert not cfgs["semisam_priors"].pseudo_labels.enabled and cfgs["semisam_priors"].priors.enabled
     assert cfgs["semisam_pl"].pseudo_labels.enabled and not cfgs["semisam_pl"].priors.enabled
     assert cfgs["semisam"].pseudo_labels.enabled and cfgs["semisam"].priors.enabled
@@ -195,22 +196,22 @@ def test_a_variant_of_another_method_config_is_found(phantom_protocol):
 def test_rounds_share_round_0_with_the_supervised_run_of_their_seed(tmp_path):
     """A self-training run's round 0 is the supervised run of the same seed (with priors: supervised_priors), run
     first; the mean teacher is never one, and a rounds run without a matching supervised run trains its own."""
-    names = ["semisam_rounds", "semisam_rounds_pl", "mean_teacher", "supervised", "supervised_priors"]
+    names = ["semisam", "semisam_rounds_pl", "mean_teacher", "supervised", "supervised_priors"]
     runner = BenchmarkRunner(
         get_protocol("kvasir-10"), get_scale("cpu"), [METHODS[m] for m in names], [0, 1], tmp_path, progress=False
     )
     assert runner.round0_providers == {
-        ("semisam_rounds", 0): "supervised_priors",
-        ("semisam_rounds", 1): "supervised_priors",
+        ("semisam", 0): "supervised_priors",
+        ("semisam", 1): "supervised_priors",
         ("semisam_rounds_pl", 0): "supervised",
         ("semisam_rounds_pl", 1): "supervised",
     }
     cfg = runner.configs[("semisam_rounds_pl", 1)]
     assert cfg.pseudo_labels.round0_checkpoint == str(tmp_path / "supervised" / "seed1" / "checkpoints" / "best.pt")
     alone = BenchmarkRunner(
-        get_protocol("kvasir-10"), get_scale("cpu"), [METHODS["semisam_rounds"]], [0], tmp_path, progress=False
+        get_protocol("kvasir-10"), get_scale("cpu"), [METHODS["semisam"]], [0], tmp_path, progress=False
     )
-    assert alone.round0_providers == {} and alone.configs[("semisam_rounds", 0)].pseudo_labels.round0_checkpoint is None
+    assert alone.round0_providers == {} and alone.configs[("semisam", 0)].pseudo_labels.round0_checkpoint is None
 
 
 def test_a_scored_run_is_compared_on_what_it_uses(tmp_path):

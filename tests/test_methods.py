@@ -18,6 +18,7 @@ from .conftest import REPO
 
 def _cfg(*extra):
     overrides = ["data.root=unused", "device=cpu", "method.name=mean_teacher", "method.consistency_weight=0"]
+    overrides += ["student.arch=basic_unet", "student.norm=batch"]  # batch statistics: what a joint pass shares
     return load_config(REPO / "configs/demo.yaml", [*overrides, *extra])
 
 
@@ -53,6 +54,7 @@ def test_labeled_loss_depends_on_the_unlabeled_batch_only_in_a_joint_pass(forwar
 
 def _semisam(*extra):
     overrides = ["data.root=unused", "device=cpu", "method.name=semisam", "schedule.iterations=1000"]
+    overrides += ["pseudo_labels.mode=online"]  # the online ramp
     overrides += ["pseudo_labels.warmup=0.2", "pseudo_labels.rampup=0.2", "pseudo_labels.weight=1.0"]
     return load_config(REPO / "configs/demo.yaml", [*overrides, *extra])
 

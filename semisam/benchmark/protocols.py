@@ -102,10 +102,15 @@ METHODS: dict[str, MethodVariant] = {
         MethodVariant(
             "semisam_pl",
             "semisam",
-            ("priors.enabled=false",),
-            "mean teacher + rectified teacher pseudo-labels",
+            ("pseudo_labels.mode=online", "priors.enabled=false"),
+            "mean teacher + rectified teacher pseudo-labels refreshed online",
         ),
-        MethodVariant("semisam", "semisam", description="mean teacher + priors + rectified pseudo-labels"),
+        MethodVariant(
+            "semisam_online",
+            "semisam",
+            ("pseudo_labels.mode=online",),
+            "mean teacher + priors + rectified pseudo-labels refreshed online",
+        ),
         MethodVariant(
             "semisam_rounds_pl",
             "semisam",
@@ -113,10 +118,10 @@ METHODS: dict[str, MethodVariant] = {
             "self-training rounds on the teacher's rectified pseudo-labels of the most reliable images",
         ),
         MethodVariant(
-            "semisam_rounds",
+            "semisam",
             "semisam",
             ("pseudo_labels.mode=rounds",),
-            "self-training rounds + SAMAug priors",
+            "self-training rounds + SAMAug priors (the default)",
         ),
     )
 }
