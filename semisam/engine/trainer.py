@@ -124,7 +124,8 @@ class Trainer:
         if cfg.priors.enabled:
             from semisam.teacher.precompute import open_prior_store  # the teacher stack only when it is used
 
-            self.priors = open_prior_store(cfg, [*self.split.labeled, *self.split.unlabeled, *self.split.val])
+            unlabeled_cases = sorted({case for case, _ in self.unlabeled_items})  # none for a supervised run
+            self.priors = open_prior_store(cfg, [*self.split.labeled, *unlabeled_cases, *self.split.val])
         self.refresher = None
         if cfg.method.name == "semisam" and cfg.pseudo_labels.enabled and cfg.pseudo_labels.mode == "rounds":
             if round_data is None:
