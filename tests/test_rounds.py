@@ -235,3 +235,14 @@ def test_reliability_report_bins_and_shares(phantom_root, tmp_path, tiny_teacher
             assert row["score_range"][0] <= row["score_range"][1]
             gain = 100 * (row["dice_teacher_before_rectification"] - row["dice_model_all"])
             assert row["gain_points"] == pytest.approx(gain, nan_ok=True)
+
+
+def test_a_supervised_run_with_priors_needs_no_priors_of_the_pool(phantom_root, tmp_path, tiny_teacher, monkeypatch):
+    """Round 0 with priors (and supervised_priors) trains on labeled images only: a cache without the unlabeled
+    pool's priors is enough."""
+    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    cfg = _cfg(phantom_root, tmp_path, "sup_priors", "method.name=supervised", "priors.enabled=true")
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "val"], progress=False)
+    result = Trainer(cfg, progress=False).fit()
+    assert result.iterations == cfg.schedule.iterations
+    assert load_checkpoint(result.checkpoint)["model_info"]["in_channels"] == 3  # image + seg prior + boundary
