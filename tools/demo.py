@@ -55,7 +55,7 @@ def main() -> None:
     print(format_summary(summary))
     print(
         f"\nsummary: {out / 'summary.json'}\nfigure:  {out / 'predictions.png'}\n"
-        f"TensorBoard: tensorboard --logdir {result.run_dir / 'tensorboard'}"
+        f"TensorBoard: tensorboard --logdir {result.run_dir}"
     )
 
 
