@@ -26,6 +26,17 @@ def phantom_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    """A randomly initialised tiny SAM as the teacher (CPU, seconds): the pipeline's logic without real weights."""
+    from semisam.config.loader import load_config
+    from semisam.teacher.engine import build_teacher
+    from semisam.teacher.models import build_tiny_sam, tiny_spec
+
+    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
+    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
+
+
 def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
     """Overrides that turn configs/demo.yaml into a seconds-long CPU run on ``root``."""
     base = {

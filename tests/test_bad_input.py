@@ -536,15 +536,6 @@ def test_a_split_that_leaves_no_labeled_data(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher():
-    from semisam.teacher.engine import build_teacher
-    from semisam.teacher.models import build_tiny_sam, tiny_spec
-
-    cfg = load_config(DEMO, ["data.root=unused", "device=cpu"])
-    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
-
-
 def test_a_bad_case_mid_precompute_keeps_the_finished_cases(phantom_root, tmp_path, tiny_teacher):
     from semisam.teacher import precompute as pc
 

@@ -99,16 +99,6 @@ def test_unknown_names_are_config_errors():
         get_method("fixmatch")
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher():
-    from semisam.config.loader import load_config
-    from semisam.teacher.engine import build_teacher
-    from semisam.teacher.models import build_tiny_sam, tiny_spec
-
-    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
-    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
-
-
 @pytest.fixture()
 def phantom_protocol(tmp_path, phantom_root):
     """A protocol on the session phantom whose configs live in a temporary configs folder."""

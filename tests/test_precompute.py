@@ -19,12 +19,6 @@ from semisam.teacher.models import build_tiny_sam, tiny_spec
 from .conftest import REPO, tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher():
-    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
-    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
-
-
 def _cfg(root, tmp_path, *extra):
     overrides = tiny_overrides(root, tmp_path / "run", **{"method.name": "supervised"})
     overrides += [

@@ -31,8 +31,6 @@ from semisam.pseudolabel.reliability import (
 )
 from semisam.pseudolabel.rounds import RoundData, round_config
 from semisam.teacher import precompute as pc
-from semisam.teacher.engine import build_teacher
-from semisam.teacher.models import build_tiny_sam, tiny_spec
 
 from .conftest import REPO, tiny_overrides
 from .test_semisam import LabelGuard
@@ -80,10 +78,6 @@ def test_selection_keeps_the_most_reliable_share_and_never_an_unscored_image():
 
 
 # ---------------------------------------------------------------------------------------------- configs
-@pytest.fixture(scope="module")
-def tiny_teacher():
-    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
-    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
 
 
 def _cfg(root, tmp_path, out="run", *extra):

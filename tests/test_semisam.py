@@ -23,16 +23,8 @@ from semisam.pseudolabel import labeler as pl_module
 from semisam.pseudolabel.refresh import PseudoLabelRefresher
 from semisam.student.unet import build_student
 from semisam.teacher import precompute as pc
-from semisam.teacher.engine import build_teacher
-from semisam.teacher.models import build_tiny_sam, tiny_spec
 
 from .conftest import REPO, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher():
-    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=unused", "device=cpu"])
-    return build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
 
 
 def _cfg(root, tmp_path, out="run", *extra):
