@@ -78,17 +78,18 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam_pl": "semisam",
         "semisam_online": "semisam",
         "semisam_rounds_pl": "semisam",
+        "semisam_rounds_priors": "semisam",
         "semisam": "semisam",
     }
     assert cfgs["supervised_priors"].priors.enabled and not cfgs["supervised"].priors.enabled
-    assert METHODS["supervised_priors"].uses_priors and not METHODS["supervised_priors"].uses_pseudo_labels
-    assert cfgs["semisam"].pseudo_labels.mode == "rounds" and cfgs["semisam"].priors.enabled  # the default
+    assert cfgs["semisam"].pseudo_labels.mode == "rounds" and not cfgs["semisam"].priors.enabled  # the default
+    assert cfgs["semisam_rounds_priors"].pseudo_labels.mode == "rounds" and cfgs["semisam_rounds_priors"].priors.enabled
     assert cfgs["semisam_rounds_pl"].pseudo_labels.mode == "rounds" and not cfgs["semisam_rounds_pl"].priors.enabled
     assert cfgs["semisam_online"].pseudo_labels.mode == "online" and cfgs["semisam_online"].priors.enabled
     assert cfgs["semisam_pl"].pseudo_labels.mode == "online"
     assert not cfgs["semisam_priors"].pseudo_labels.enabled and cfgs["semisam_priors"].priors.enabled
     assert cfgs["semisam_pl"].pseudo_labels.enabled and not cfgs["semisam_pl"].priors.enabled
-    assert cfgs["semisam"].pseudo_labels.enabled and cfgs["semisam"].priors.enabled
+    assert cfgs["semisam"].pseudo_labels.enabled
     assert cfgs["mean_teacher"].method.ema_decay == cfgs["semisam"].method.ema_decay
 
 
@@ -180,19 +181,18 @@ def test_a_variant_of_another_method_config_is_found(phantom_protocol):
     configs, protocol, _, _ = phantom_protocol
     variant = MethodVariant("x", "semisam", ("priors.enabled=false",))
     assert protocol.method_config(variant, configs) == configs / "phantom" / "6_semisam.yaml"
-    assert variant.uses_pseudo_labels and not variant.uses_priors
 
 
 def test_rounds_share_round_0_with_the_supervised_run_of_their_seed(tmp_path):
     """A self-training run's round 0 is the supervised run of the same seed (with priors: supervised_priors), run
     first; the mean teacher is never one, and a rounds run without a matching supervised run trains its own."""
-    names = ["semisam", "semisam_rounds_pl", "mean_teacher", "supervised", "supervised_priors"]
+    names = ["semisam_rounds_priors", "semisam_rounds_pl", "mean_teacher", "supervised", "supervised_priors"]
     runner = BenchmarkRunner(
         get_protocol("kvasir-10"), get_scale("cpu"), [METHODS[m] for m in names], [0, 1], tmp_path, progress=False
     )
     assert runner.round0_providers == {
-        ("semisam", 0): "supervised_priors",
-        ("semisam", 1): "supervised_priors",
+        ("semisam_rounds_priors", 0): "supervised_priors",
+        ("semisam_rounds_priors", 1): "supervised_priors",
         ("semisam_rounds_pl", 0): "supervised",
         ("semisam_rounds_pl", 1): "supervised",
     }

@@ -47,16 +47,6 @@ class MethodVariant:
     overrides: tuple[str, ...] = ()
     description: str = ""
 
-    @property
-    def uses_priors(self) -> bool:
-        if "priors.enabled=true" in self.overrides:
-            return True
-        return self.config == "semisam" and "priors.enabled=false" not in self.overrides
-
-    @property
-    def uses_pseudo_labels(self) -> bool:
-        return self.config == "semisam" and "pseudo_labels.enabled=false" not in self.overrides
-
 
 @dataclass(frozen=True)
 class Scale:
@@ -96,7 +86,7 @@ METHODS: dict[str, MethodVariant] = {
         MethodVariant(
             "semisam_priors",
             "semisam",
-            ("pseudo_labels.enabled=false",),
+            ("pseudo_labels.enabled=false", "priors.enabled=true"),
             "mean teacher + SAMAug priors as input channels",
         ),
         MethodVariant(
@@ -108,7 +98,7 @@ METHODS: dict[str, MethodVariant] = {
         MethodVariant(
             "semisam_online",
             "semisam",
-            ("pseudo_labels.mode=online",),
+            ("pseudo_labels.mode=online", "priors.enabled=true"),
             "mean teacher + priors + rectified pseudo-labels refreshed online",
         ),
         MethodVariant(
@@ -118,11 +108,12 @@ METHODS: dict[str, MethodVariant] = {
             "self-training rounds on the teacher's rectified pseudo-labels of the most reliable images",
         ),
         MethodVariant(
+            "semisam_rounds_priors",
             "semisam",
-            "semisam",
-            ("pseudo_labels.mode=rounds",),
-            "self-training rounds + SAMAug priors (the default)",
+            ("pseudo_labels.mode=rounds", "priors.enabled=true"),
+            "self-training rounds + SAMAug priors as input channels",
         ),
+        MethodVariant("semisam", "semisam", description="semisam as configs/method/semisam.yaml sets it (the default)"),
     )
 }
 

@@ -89,6 +89,10 @@ def build_run_config(
     return load_config(paths, [*method.overrides, *overrides, *forced])
 
 
+def _trains_on_pseudo_labels(cfg: RunConfig) -> bool:
+    return cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+
+
 def run_dir_of(out_dir: Path, method: str, seed: int) -> Path:
     """Where the run of ``method`` with ``seed`` lives."""
     return out_dir / method / f"seed{seed}"
@@ -274,12 +278,13 @@ class BenchmarkRunner:
 
     def _teacher_config(self) -> tuple[RunConfig | None, bool]:
         """The config to precompute with (a teacher-using run's) and whether priors are needed."""
-        users = [m for m in self.methods if m.uses_priors or m.uses_pseudo_labels]
+        cfgs = [self.configs[(m.name, self.seeds[0])] for m in self.methods]
+        users = [c for c in cfgs if c.priors.enabled or _trains_on_pseudo_labels(c)]
         if not users:
             return None, False
-        need_priors = any(m.uses_priors for m in self.methods)
-        first = next((m for m in users if m.uses_priors), users[0]) if need_priors else users[0]
-        return self.configs[(first.name, self.seeds[0])], need_priors
+        need_priors = any(c.priors.enabled for c in cfgs)
+        first = next(c for c in users if c.priors.enabled) if need_priors else users[0]
+        return first, need_priors
 
     def prepare_teacher(self) -> None:
         """Build the teacher once and fill the shared cache (embeddings; priors if a method uses them)."""
@@ -298,7 +303,8 @@ class BenchmarkRunner:
             splits = ("labeled", "unlabeled", "val", "test") if pool else ("labeled", "val", "test")
         else:
             splits = ("unlabeled", "val")
-        keep = ("unlabeled", "val") if any(m.uses_pseudo_labels for m in self.methods) else None
+        pseudo = any(_trains_on_pseudo_labels(self.configs[(m.name, self.seeds[0])]) for m in self.methods)
+        keep = ("unlabeled", "val") if pseudo else None
         report = precompute(
             cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors, keep_embeddings_of=keep
         )
