@@ -166,6 +166,8 @@ def test_rounds_run_end_to_end_without_touching_unlabeled_labels(phantom_root, t
     again = train(cfg, progress=False, teacher=tiny_teacher)
     assert (run / "round_1" / "bank.npz").stat().st_mtime_ns == bank_mtime
     assert again.best_metric == result.best_metric
+    # the stages only read back keep the seconds recorded when they ran, not the read-back's
+    assert json.loads((run / "rounds.json").read_text()) == timings
 
     # a finished round 0 can stand in for this run's round 0, but only one trained as round 0 would be
     monkeypatch.undo()

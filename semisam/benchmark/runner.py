@@ -353,9 +353,13 @@ class BenchmarkRunner:
             progress=False,
         )
         provider = self.round0_providers.get((method.name, seed))
-        if provider is not None and not resumed:  # its round 0 was trained by that run: count its time too
-            saved = json.loads((Path(self.configs[(provider, seed)].output_dir) / "benchmark_run.json").read_text())
-            train_seconds = None if saved.get("train_seconds") is None else train_seconds + saved["train_seconds"]
+        if (run_dir / "rounds.json").exists():  # rounds: the sum of their stages, each timed when it ran
+            stages = json.loads((run_dir / "rounds.json").read_text())
+            if provider is not None:  # its round 0 was trained by that run: count that run's time
+                saved = json.loads((Path(self.configs[(provider, seed)].output_dir) / "benchmark_run.json").read_text())
+                stages["round_0_train_s"] = saved.get("train_seconds")
+            resumed = any(v is None for v in stages.values())
+            train_seconds = sum(v for v in stages.values() if v is not None)
         record = RunRecord(
             method=method.name,
             seed=seed,

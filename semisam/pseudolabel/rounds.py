@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from semisam.config.loader import config_differences, config_from_dict, config_to_dict, save_config, unused_keys
 from semisam.config.schema import ConfigError, RunConfig
@@ -60,7 +59,7 @@ from semisam.pseudolabel.labeler import (
     spread,
 )
 from semisam.pseudolabel.reliability import rank_by_reliability, select_reliable
-from semisam.utils import atomic_write_text
+from semisam.utils import atomic_write_text, resolve_device
 
 logger = logging.getLogger("semisam")
 
@@ -151,6 +150,9 @@ class SelfTraining:
         self.progress = progress
         self.teacher = teacher
         self.run_dir = Path(cfg.output_dir)
+        # seconds per stage; a stage read back or resumed keeps what was recorded when it ran (None if nothing was)
+        path = self.run_dir / "rounds.json"
+        self.recorded: dict[str, float | None] = json.loads(path.read_text()) if path.exists() else {}
         self.timings: dict[str, float | None] = {}
 
     # ---------------------------------------------------------------- the run
@@ -168,21 +170,22 @@ class SelfTraining:
             logger.info("round 0: the finished supervised run %s stands for it", checkpoint)
             self.timings["round_0_train_s"] = None
         else:
-            tic = time.perf_counter()
-            result = Trainer(round_config(cfg, 0), progress=self.progress, teacher=self.teacher).fit()
-            self.timings["round_0_train_s"] = time.perf_counter() - tic
+            round0 = round_config(cfg, 0)
+            fresh, tic = not _has_started(round0), time.perf_counter()
+            result = Trainer(round0, progress=self.progress, teacher=self.teacher).fit()
+            self._time("round_0_train_s", fresh, tic)
             checkpoint = result.checkpoint
         for index in range(1, pl.rounds + 1):
             round_cfg = round_config(cfg, index)
             round_dir = Path(round_cfg.output_dir)
-            tic = time.perf_counter()
+            fresh, tic = not (round_dir / "selection.json").exists(), time.perf_counter()
             items, bank = self.make_bank(checkpoint, round_dir, seed=cfg.seed * 1_000_003 + index)
-            self.timings[f"round_{index}_label_s"] = time.perf_counter() - tic
+            self._time(f"round_{index}_label_s", fresh, tic)
             init = checkpoint if pl.round_init == "previous" else None
-            tic = time.perf_counter()
+            fresh, tic = not _has_started(round_cfg), time.perf_counter()
             trainer = Trainer(round_cfg, self.progress, self.teacher, round_data=RoundData(items, bank, init))
             result = trainer.fit()
-            self.timings[f"round_{index}_train_s"] = time.perf_counter() - tic
+            self._time(f"round_{index}_train_s", fresh, tic)
             checkpoint = result.checkpoint
             self._write_timings()
         final = self.run_dir / "checkpoints"
@@ -200,6 +203,9 @@ class SelfTraining:
             result.selected,
         )
 
+    def _time(self, key: str, fresh: bool, tic: float) -> None:
+        self.timings[key] = time.perf_counter() - tic if fresh else self.recorded.get(key)
+
     def _write_timings(self) -> None:
         atomic_write_text(self.run_dir / "rounds.json", json.dumps(self.timings, indent=2))
 
@@ -214,12 +220,13 @@ class SelfTraining:
             bank = PseudoLabelBank.load(bank_path)
             logger.info("%s: bank of %d selected images restored", round_dir.name, len(items))
             return items, bank
+        from semisam.data.fusion import student_in_channels
         from semisam.engine.checkpoint import load_checkpoint, load_model_weights
         from semisam.student.unet import build_student
         from semisam.teacher.engine import build_teacher
 
         cfg, pl = self.cfg, self.cfg.pseudo_labels
-        device = _device(cfg)
+        device = resolve_device(cfg.device)
         reader = build_reader(cfg.data)
         split = resolve_split(cfg.data, reader.case_ids())
         pool = expand_to_slices(reader, split.unlabeled)
@@ -237,8 +244,6 @@ class SelfTraining:
         self.teacher = self.teacher or build_teacher(cfg.teacher)
         embeddings = open_embedding_store(cfg, self.teacher, sorted({c for c, _ in [*pool, *calibration]}))
         state = load_checkpoint(checkpoint, map_location=device)
-        from semisam.data.fusion import student_in_channels
-
         model = build_student(cfg.student, student_in_channels(cfg), cfg.data.num_classes).to(device)
         load_model_weights(model, state, checkpoint)
         model.eval()
@@ -324,13 +329,12 @@ def save_selection_figure(
     )
 
 
+def _has_started(cfg: RunConfig) -> bool:
+    """Whether the run of ``cfg`` has a checkpoint to resume from (its training time is then not this process's)."""
+    return (Path(cfg.output_dir) / "checkpoints" / "last.pt").exists()
+
+
 def _atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)
     tmp.replace(dst)
-
-
-def _device(cfg: RunConfig) -> torch.device:
-    from semisam.utils import resolve_device
-
-    return resolve_device(cfg.device)
