@@ -73,6 +73,7 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
     assert {m: cfgs[m].method.name for m in METHODS} == {
         "supervised": "supervised",
         "supervised_priors": "supervised",
+        "supervised_samaug": "supervised",
         "mean_teacher": "mean_teacher",
         "semisam_priors": "semisam",
         "semisam_pl": "semisam",
@@ -82,6 +83,9 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam": "semisam",
     }
     assert cfgs["supervised_priors"].priors.enabled and not cfgs["supervised"].priors.enabled
+    samaug = cfgs["supervised_samaug"].priors  # SAMAug's whole recipe, beside the concat ablation
+    assert samaug.enabled and samaug.fusion == "add" and samaug.alternate
+    assert cfgs["supervised_priors"].priors.fusion == "concat" and not cfgs["supervised_priors"].priors.alternate
     assert cfgs["semisam"].pseudo_labels.mode == "rounds" and not cfgs["semisam"].priors.enabled  # the default
     assert cfgs["semisam_rounds_priors"].pseudo_labels.mode == "rounds" and cfgs["semisam_rounds_priors"].priors.enabled
     assert cfgs["semisam_rounds_pl"].pseudo_labels.mode == "rounds" and not cfgs["semisam_rounds_pl"].priors.enabled

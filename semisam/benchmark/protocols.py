@@ -80,7 +80,14 @@ METHODS: dict[str, MethodVariant] = {
             "supervised_priors",
             "supervised",
             ("priors.enabled=true",),
-            "labeled images only, SAMAug priors as input channels (SAMAug's own setting)",
+            "labeled images only, SAMAug priors as two more input channels",
+        ),
+        MethodVariant(
+            "supervised_samaug",
+            "supervised",
+            ("priors.enabled=true", "priors.fusion=add", "priors.alternate=true"),
+            "labeled images only, SAMAug's whole recipe: priors added to the G and B channels, steps alternating "
+            "raw and augmented inputs, the more confident of the two predictions at test time",
         ),
         MethodVariant("mean_teacher", "mean_teacher", description="SSL4MIS mean teacher"),
         MethodVariant(
