@@ -79,6 +79,7 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam_pl": "semisam",
         "semisam_online": "semisam",
         "semisam_rounds_pl": "semisam",
+        "semisam_rounds2_pl": "semisam",
         "semisam_rounds_priors": "semisam",
         "semisam": "semisam",
     }
@@ -89,6 +90,7 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
     assert cfgs["semisam"].pseudo_labels.mode == "rounds" and not cfgs["semisam"].priors.enabled  # the default
     assert cfgs["semisam_rounds_priors"].pseudo_labels.mode == "rounds" and cfgs["semisam_rounds_priors"].priors.enabled
     assert cfgs["semisam_rounds_pl"].pseudo_labels.mode == "rounds" and not cfgs["semisam_rounds_pl"].priors.enabled
+    assert cfgs["semisam_rounds2_pl"].pseudo_labels.rounds == 2 and cfgs["semisam_rounds_pl"].pseudo_labels.rounds == 1
     assert cfgs["semisam_online"].pseudo_labels.mode == "online" and cfgs["semisam_online"].priors.enabled
     assert cfgs["semisam_pl"].pseudo_labels.mode == "online"
     assert not cfgs["semisam_priors"].pseudo_labels.enabled and cfgs["semisam_priors"].priors.enabled

@@ -169,8 +169,17 @@ def test_rounds_run_end_to_end_without_touching_unlabeled_labels(phantom_root, t
     # the stages only read back keep the seconds recorded when they ran, not the read-back's
     assert json.loads((run / "rounds.json").read_text()) == timings
 
-    # a finished round 0 can stand in for this run's round 0, but only one trained as round 0 would be
+    # one more round extends the finished run: round 1 is read back, round 2 is labeled by round 1's student
     monkeypatch.undo()
+    more = train(_cfg(phantom_root, tmp_path, "run", "pseudo_labels.rounds=2"), progress=False, teacher=tiny_teacher)
+    assert (run / "round_1" / "bank.npz").stat().st_mtime_ns == bank_mtime
+    second = json.loads((run / "round_2" / "selection.json").read_text())
+    assert second["checkpoint"] == str(run / "round_1" / "checkpoints" / "best.pt")
+    assert load_checkpoint(more.best_checkpoint)["config"]["output_dir"] == str(run / "round_2")
+    assert load_checkpoint(run / "round_2" / "checkpoints" / "last.pt")["iteration"] > 0
+    assert {"round_2_label_s", "round_2_train_s"} <= set(json.loads((run / "rounds.json").read_text()))
+
+    # a finished round 0 can stand in for this run's round 0, but only one trained as round 0 would be
     round0 = f"pseudo_labels.round0_checkpoint={run}/round_0/checkpoints/best.pt"
     train(_cfg(phantom_root, tmp_path, "reuse", round0), progress=False, teacher=tiny_teacher)
     assert not (tmp_path / "reuse" / "round_0").exists()

@@ -115,6 +115,12 @@ METHODS: dict[str, MethodVariant] = {
             "self-training rounds on the teacher's rectified pseudo-labels of the most reliable images",
         ),
         MethodVariant(
+            "semisam_rounds2_pl",
+            "semisam",
+            ("pseudo_labels.mode=rounds", "pseudo_labels.rounds=2", "priors.enabled=false"),
+            "two self-training rounds: round 2 relabels the pool with round 1's student",
+        ),
+        MethodVariant(
             "semisam_rounds_priors",
             "semisam",
             ("pseudo_labels.mode=rounds", "priors.enabled=true"),

@@ -67,6 +67,7 @@ RESUMABLE_DIFFERENCES = (
     "teacher.cache_dir",
     "teacher.checkpoint_dir",
     "teacher.allow_download",
+    "pseudo_labels.rounds",  # how many rounds follow does not change one round: a finished run can be extended
 )
 
 
