@@ -117,7 +117,7 @@ def test_same_seed_same_weights_and_metrics_another_seed_differs(phantom_root, t
     assert any(not torch.equal(x[k], z[k]) for k in x)  # the seed matters
 
 
-@pytest.mark.parametrize("tool", ["train", "evaluate", "demo", "precompute", "benchmark"])
+@pytest.mark.parametrize("tool", ["train", "evaluate", "demo", "precompute", "benchmark", "analyze_everything"])
 def test_tools_explain_themselves(tool):
     out = subprocess.run(
         [sys.executable, str(REPO / "tools" / f"{tool}.py"), "--help"],
