@@ -3,7 +3,7 @@
 
 Generates the seeded synthetic phantom (semisam.data.phantom) under runs/demo/data, runs the frozen LiteMedSAM
 teacher offline (embeddings + SAMAug prior maps, cached in runs/demo/cache), trains a U-Net student with semisam
-(8 labeled images, 24 unlabeled, priors as input channels, self-training rounds on rectified auto-prompt
+(8 labeled images, 16 unlabeled, priors as input channels, self-training rounds on rectified auto-prompt
 pseudo-labels; configs/demo.yaml),
 evaluates the best checkpoint on the phantom's test split, prints the summary and writes
 runs/demo/run/eval_test/{summary.json,metrics_per_case.csv,predictions.png}.
