@@ -229,3 +229,39 @@ def test_a_scored_run_is_compared_on_what_it_uses(tmp_path):
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
     with pytest.raises(ConfigError, match="schedule.lr"):
         BenchmarkRunner._check_scored_config(cfg, run_dir)
+
+
+def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch):
+    """Priors of the unlabeled pool only for a run that trains on the pool with priors; pool embeddings for a
+    pseudo-label run without them (an embeddings-only pass)."""
+    import semisam.teacher.engine as engine
+    import semisam.teacher.precompute as pc
+
+    calls = []
+
+    def fake_precompute(cfg, teacher, splits, progress, priors, keep_embeddings_of):
+        calls.append((tuple(splits), priors, keep_embeddings_of))
+        return pc.PrecomputeReport(root=tmp_path, computed=list(splits), images=len(splits), seconds=1.0)
+
+    monkeypatch.setattr(pc, "precompute", fake_precompute)
+    monkeypatch.setattr(engine, "build_teacher", lambda cfg: object())
+
+    def teacher_pass(names):
+        calls.clear()
+        methods = [METHODS[m] for m in names]
+        runner = BenchmarkRunner(get_protocol("acdc-3"), get_scale("cpu"), methods, [0], tmp_path, progress=False)
+        runner.prepare_teacher()
+        return list(calls), runner.precompute_report
+
+    calls_made, report = teacher_pass(["supervised_priors", "semisam_rounds_pl"])
+    assert calls_made == [
+        (("labeled", "val", "test"), True, ("unlabeled", "val")),
+        (("unlabeled", "val"), False, ("unlabeled", "val")),
+    ]
+    assert report["computed_cases"] == 5 and report["seconds"] == 2.0
+    assert teacher_pass(["supervised_priors", "mean_teacher"])[0] == [(("labeled", "val", "test"), True, None)]
+    assert teacher_pass(["semisam_rounds_priors"])[0] == [
+        (("labeled", "unlabeled", "val", "test"), True, ("unlabeled", "val"))
+    ]
+    assert teacher_pass(["semisam_rounds_pl"])[0] == [(("unlabeled", "val"), False, ("unlabeled", "val"))]
+    assert teacher_pass(["supervised", "mean_teacher"])[0] == []

@@ -295,19 +295,29 @@ class BenchmarkRunner:
         from semisam.teacher.precompute import precompute
 
         self.teacher = self.teacher or build_teacher(cfg.teacher)
-        # val: the pseudo-label refreshes calibrate trust on held-out labeled cases
-        # without priors only the images the pseudo-labels decode on: the unlabeled pool and val (calibration);
-        # with priors every image a student sees, the unlabeled pool only if a method trains on it
-        if need_priors:
-            pool = any(m.config != "supervised" for m in self.methods)
-            splits = ("labeled", "unlabeled", "val", "test") if pool else ("labeled", "val", "test")
-        else:
-            splits = ("unlabeled", "val")
-        pseudo = any(_trains_on_pseudo_labels(self.configs[(m.name, self.seeds[0])]) for m in self.methods)
+        cfgs = [self.configs[(m.name, self.seeds[0])] for m in self.methods]
+        pseudo = any(_trains_on_pseudo_labels(c) for c in cfgs)
         keep = ("unlabeled", "val") if pseudo else None
-        report = precompute(
-            cfg, self.teacher, splits=splits, progress=self.progress, priors=need_priors, keep_embeddings_of=keep
-        )
+        # priors of every image a student with priors sees; the pool's only if such a student trains on it.
+        # Embeddings of the pool and val (the calibration) if a run trains on pseudo-labels, priors or not.
+        passes: list[tuple[tuple[str, ...], bool]] = []
+        pool_priors = any(c.priors.enabled and c.method.name != "supervised" for c in cfgs)
+        if need_priors:
+            passes.append(
+                (("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test"), True)
+            )
+        if pseudo and not pool_priors:
+            passes.append((("unlabeled", "val"), False))
+        reports = [
+            precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=priors, keep_embeddings_of=keep)
+            for splits, priors in passes
+        ]
+        report = reports[0]
+        for extra in reports[1:]:
+            report.computed += extra.computed
+            report.skipped += extra.skipped
+            report.images += extra.images
+            report.seconds += extra.seconds
         self.precompute_report = {
             "cache": str(report.root),
             "computed_cases": len(report.computed),
