@@ -64,6 +64,9 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         assert cfg.seed == 3
         assert cfg.schedule == cfgs["supervised"].schedule
         assert cfg.student == cfgs["supervised"].student
+        if name == "semisam_rounds_pool_pl":  # the one variant whose point is a different pool
+            assert cfg.data.split.unlabeled_count is None
+            cfg.data.split.unlabeled_count = cfgs["supervised"].data.split.unlabeled_count
         assert cfg.data == cfgs["supervised"].data
         assert cfg.data.split.labeled_count == 68
         assert cfg.schedule.iterations == 1500 and list(cfg.data.image_size) == [128, 128]
@@ -79,6 +82,7 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam_pl": "semisam",
         "semisam_online": "semisam",
         "semisam_rounds_pl": "semisam",
+        "semisam_rounds_pool_pl": "semisam",
         "semisam_rounds2_pl": "semisam",
         "semisam_rounds_priors": "semisam",
         "semisam": "semisam",
@@ -237,10 +241,11 @@ def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch
     import semisam.teacher.engine as engine
     import semisam.teacher.precompute as pc
 
-    calls = []
+    calls, pools = [], []
 
     def fake_precompute(cfg, teacher, splits, progress, priors, keep_embeddings_of):
         calls.append((tuple(splits), priors, keep_embeddings_of))
+        pools.append(cfg.data.split.unlabeled_count)
         return pc.PrecomputeReport(root=tmp_path, computed=list(splits), images=len(splits), seconds=1.0)
 
     monkeypatch.setattr(pc, "precompute", fake_precompute)
@@ -265,3 +270,23 @@ def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch
     ]
     assert teacher_pass(["semisam_rounds_pl"])[0] == [(("unlabeled", "val"), False, ("unlabeled", "val"))]
     assert teacher_pass(["supervised", "mean_teacher"])[0] == []
+    # a run on the whole pool: the embeddings pass covers its pool, not the scale's reduced one
+    pools.clear()
+    teacher_pass(["semisam_rounds_pl", "semisam_rounds_pool_pl"])
+    assert pools == [None]
+    pools.clear()
+    assert teacher_pass(["semisam_rounds_priors", "semisam_rounds_pool_pl"])[0] == [
+        (("labeled", "unlabeled", "val", "test"), True, ("unlabeled", "val")),
+        (("unlabeled", "val"), False, ("unlabeled", "val")),
+    ]
+    assert pools == [300, None]
+
+
+def test_a_whole_pool_rounds_run_shares_the_supervised_round0(tmp_path):
+    """The pool's size is no difference for a supervised run (it never reads the pool), so the whole-pool variant
+    starts from the supervised run of its seed like the reduced-pool one."""
+    methods = [METHODS["supervised"], METHODS["semisam_rounds_pool_pl"]]
+    runner = BenchmarkRunner(get_protocol("kvasir-10"), get_scale("cpu"), methods, [0], tmp_path, progress=False)
+    assert runner.round0_providers == {("semisam_rounds_pool_pl", 0): "supervised"}
+    assert runner.configs[("semisam_rounds_pool_pl", 0)].data.split.unlabeled_count is None
+    assert runner.configs[("supervised", 0)].data.split.unlabeled_count == 150

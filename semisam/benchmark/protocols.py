@@ -115,6 +115,12 @@ METHODS: dict[str, MethodVariant] = {
             "self-training rounds on the teacher's rectified pseudo-labels of the most reliable images",
         ),
         MethodVariant(
+            "semisam_rounds_pool_pl",
+            "semisam",
+            ("pseudo_labels.mode=rounds", "priors.enabled=false", "data.split.unlabeled_count=null"),
+            "self-training rounds labeling the whole unlabeled pool instead of the scale's reduced one",
+        ),
+        MethodVariant(
             "semisam_rounds2_pl",
             "semisam",
             ("pseudo_labels.mode=rounds", "pseudo_labels.rounds=2", "priors.enabled=false"),

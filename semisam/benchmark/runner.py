@@ -89,6 +89,12 @@ def build_run_config(
     return load_config(paths, [*method.overrides, *overrides, *forced])
 
 
+def _pool_size(cfg: RunConfig) -> float:
+    """How many unlabeled cases the split takes from the pool (``inf``: all of them)."""
+    count = cfg.data.split.unlabeled_count
+    return math.inf if count is None else count
+
+
 def _trains_on_pseudo_labels(cfg: RunConfig) -> bool:
     return cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
 
@@ -300,17 +306,21 @@ class BenchmarkRunner:
         keep = ("unlabeled", "val") if pseudo else None
         # priors of every image a student with priors sees; the pool's only if such a student trains on it.
         # Embeddings of the pool and val (the calibration) if a run trains on pseudo-labels, priors or not.
-        passes: list[tuple[tuple[str, ...], bool]] = []
+        # The pool's embeddings are those of the widest pool a pseudo-label run reads (a variant may train on
+        # the whole pool while others take the scale's reduced one).
+        passes: list[tuple[RunConfig, tuple[str, ...], bool]] = []
         pool_priors = any(c.priors.enabled and c.method.name != "supervised" for c in cfgs)
         if need_priors:
             passes.append(
-                (("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test"), True)
+                (cfg, ("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test"), True)
             )
-        if pseudo and not pool_priors:
-            passes.append((("unlabeled", "val"), False))
+        if pseudo:
+            widest = max((c for c in cfgs if _trains_on_pseudo_labels(c)), key=_pool_size)
+            if not pool_priors or _pool_size(widest) > _pool_size(cfg):
+                passes.append((widest, ("unlabeled", "val"), False))
         reports = [
-            precompute(cfg, self.teacher, splits=splits, progress=self.progress, priors=priors, keep_embeddings_of=keep)
-            for splits, priors in passes
+            precompute(c, self.teacher, splits=splits, progress=self.progress, priors=priors, keep_embeddings_of=keep)
+            for c, splits, priors in passes
         ]
         report = reports[0]
         for extra in reports[1:]:

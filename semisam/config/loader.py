@@ -147,7 +147,8 @@ _MEAN_TEACHER_KEYS = ("ema_decay", "consistency_weight", "consistency_rampup", "
 def unused_keys(cfg: RunConfig) -> list[str]:
     """The settings that cannot change what ``cfg`` trains, for comparing a run with another (a scored run read
     back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it, the
-    pseudo-labels' when the method does not train on them, the mean teacher's when the method is supervised."""
+    pseudo-labels' when the method does not train on them, the mean teacher's and the pool's size when the method
+    is supervised."""
     data = config_to_dict(cfg)
     pseudo = cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
     keys: list[str] = []
@@ -155,6 +156,6 @@ def unused_keys(cfg: RunConfig) -> list[str]:
         keys += _flat_keys(OmegaConf.create(data["teacher"]), "teacher.")
     if not pseudo:
         keys += _flat_keys(OmegaConf.create(data["pseudo_labels"]), "pseudo_labels.")
-    if cfg.method.name == "supervised":
-        keys += [f"method.{k}" for k in _MEAN_TEACHER_KEYS]
+    if cfg.method.name == "supervised":  # nor does it read the unlabeled pool
+        keys += [f"method.{k}" for k in _MEAN_TEACHER_KEYS] + ["data.split.unlabeled_count"]
     return keys
