@@ -142,3 +142,43 @@ def test_calibration_inside_the_noise_band_keeps_the_decision_in_force():
         trusted, scalars, _ = labeler.calibrate(torch.nn.Identity(), items, labels, seed=0, previous={1: previous})
         assert scalars["calibration/teacher_dice_1"] == pytest.approx(scalars["calibration/model_dice_1"])
         assert trusted == {1: previous}
+
+
+class RingTeacher(BoxTeacher):
+    """ACDC's failure, in miniature: a box around the ring (class 1, the myocardium) decodes to the cavity inside
+    it (class 2, the LV), as LiteMedSAM's myocardium boxes return the LV cavity; a box around the cavity decodes
+    to the cavity less a 1-pixel rim."""
+
+    def __init__(self, cavity: np.ndarray, core: np.ndarray) -> None:
+        super().__init__()
+        self.cavity, self.core = cavity, core
+
+    def decode_boxes(self, embeddings, boxes, original_sizes, input_sizes, points=None, point_labels=None):
+        out = []
+        for image_boxes in boxes:
+            sides = np.asarray(image_boxes, dtype=np.float64)[:, 2] - np.asarray(image_boxes, dtype=np.float64)[:, 0]
+            maps = [np.where(self.cavity if side > 16 else self.core, 10.0, -10.0) for side in sides]
+            out.append(SimpleNamespace(logits=torch.from_numpy(np.stack(maps).astype(np.float32))))
+        return out
+
+
+def test_calibration_judges_each_class_on_its_own_decodes():
+    """With every class trusted at once the ring's decode claims the cavity's rim, where the cavity's own decode
+    is silent: the rim is the teacher's "certain" ring, and the cavity class would be scored 0 on it although
+    its own decode is right wherever it speaks. Judged alone (the model's evidence for the ring), the cavity's
+    teacher label is its own decode."""
+    truth = np.zeros((40, 40), np.int64)
+    truth[8:28, 8:28] = 1
+    truth[12:24, 12:24] = 2  # 144 cavity pixels inside a ring
+    cavity, core = truth == 2, np.zeros((40, 40), bool)
+    core[13:23, 13:23] = True  # 100 pixels
+    predicted = np.where(truth > 0, 1, 0)
+    predicted[11:25, 11:25] = 2  # the model over-segments the cavity by a pixel
+    probs = np.stack([np.where(predicted == c, 0.97, 0.015) for c in range(3)]).astype(np.float32)
+    cfg = binary_cfg("data.num_classes=3", "pseudo_labels.trust_margin=0.02")
+    labeler = labeler_for(cfg, [probs], RingTeacher(cavity, core))
+    trusted, scalars, _ = labeler.calibrate(torch.nn.Identity(), [("a", -1)], [truth], seed=0)
+    # the cavity's teacher pixels: its core (right) and the rim its decode leaves out (certain background)
+    assert scalars["calibration/teacher_dice_2"] == pytest.approx(2 * 100 / (100 + 144), abs=1e-6)
+    # the ring's decode is the cavity: wrong wherever it speaks
+    assert scalars["calibration/teacher_dice_1"] < 0.1 and not trusted[1]

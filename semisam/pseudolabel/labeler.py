@@ -19,7 +19,7 @@ One refresh, for a set of 2D items (slices) of unlabeled images:
    sure of, takes the model's label where the teacher is unsure but the model is confident, and ignores the rest.
 
 The same pipeline on held-out labeled images (prompts still from the model) calibrates per-class trust against
-their labels (:meth:`PseudoLabeler.calibrate`).
+their labels, each class judged on its own decodes (:meth:`PseudoLabeler.calibrate`).
 """
 
 from __future__ import annotations
@@ -279,44 +279,53 @@ class PseudoLabeler:
                 start += len(group)
         return out
 
+    def _decoded(
+        self, model: torch.nn.Module, items: Sequence[Item], classes: Sequence[int], seed: int, batch_size: int
+    ):
+        """Per item, in order: the model's probabilities (K, H, W), its prompt sets for ``classes`` and the
+        teacher's decodes of each set (:meth:`_decode`). The model is put in eval mode meanwhile."""
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                probs = self.model_probabilities(model, chunk)
+                rngs = [np.random.default_rng([seed, start + j]) for j in range(len(chunk))]
+                prompt_sets = [self._prompt_sets(p, classes, rng) for p, rng in zip(probs, rngs, strict=True)]
+                decoded = self._decode(chunk, prompt_sets)
+                yield from zip(probs, prompt_sets, decoded, strict=True)
+        finally:
+            model.train(was_training)
+
+    def _result(self, probs: np.ndarray, sets: list, maps: list[np.ndarray]) -> PseudoLabelResult:
+        """Steps 4-6 of the pipeline on one item: the teacher's evidence for the classes of ``sets`` (decoded as
+        ``maps``), the model's for every other class, fused and rectified."""
+        pl = self.cfg.pseudo_labels
+        evidence, covered = _class_evidence(sets, maps, probs, pl.uncertainty)
+        # classes the teacher was not asked about (untrusted, or no prompt because the model predicts no
+        # component) keep the model's own doubt instead of counting as certainly absent
+        prompted = {prompt.class_index for prompt, _ in sets}
+        evidence += [evidence_from_model(probs, k) for k in range(1, self.cfg.data.num_classes) if k not in prompted]
+        label, uncertainty = fuse_classes(evidence, probs.shape[-2:])
+        if not sets:  # the teacher was asked nothing: every pixel rests on the model's confidence alone
+            uncertainty = np.ones_like(uncertainty)
+        r = rectify(label, uncertainty, probs, pl.uncertainty_threshold, pl.model_confidence, pl.uncertainty_weighting)
+        agreement = image_teacher_agreement([decode_agreement(m) for m in maps])
+        return PseudoLabelResult(r, label, probs, sum(len(g) for _, g in sets), covered, agreement)
+
     def label(
         self, model: torch.nn.Module, items: Sequence[Item], trusted: dict[int, bool], seed: int, batch_size: int = 8
     ) -> tuple[list[PseudoLabelResult], RefreshStats]:
         """Rectified pseudo-labels of ``items`` (with the teacher's label before rectification and the model's
-        probabilities), and the refresh's statistics."""
-        pl = self.cfg.pseudo_labels
-        num_classes = self.cfg.data.num_classes
-        teacher_classes = [k for k in range(1, num_classes) if trusted.get(k, True)]
+        probabilities), and the refresh's statistics. The teacher is asked about the classes ``trusted`` does
+        not map to ``False``."""
+        teacher_classes = [k for k in range(1, self.cfg.data.num_classes) if trusted.get(k, True)]
         stats = RefreshStats()
         results: list[PseudoLabelResult] = []
-        was_training = model.training
-        model.eval()
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            probs = self.model_probabilities(model, chunk)
-            rngs = [np.random.default_rng([seed, start + j]) for j in range(len(chunk))]
-            prompt_sets = [self._prompt_sets(p, teacher_classes, rng) for p, rng in zip(probs, rngs, strict=True)]
-            decoded = self._decode(chunk, prompt_sets)
-            for p, sets, maps in zip(probs, prompt_sets, decoded, strict=True):
-                evidence, covered = _class_evidence(sets, maps, p, pl.uncertainty)
-                # classes the teacher was not asked about (untrusted, or no prompt because the model predicts no
-                # component) keep the model's own doubt instead of counting as certainly absent
-                prompted = {prompt.class_index for prompt, _ in sets}
-                evidence += [
-                    evidence_from_model(p, k)
-                    for k in range(1, num_classes)
-                    if not trusted.get(k, True) or k not in prompted
-                ]
-                label, uncertainty = fuse_classes(evidence, p.shape[-2:])
-                if not sets:  # the teacher was asked nothing: every pixel rests on the model's confidence alone
-                    uncertainty = np.ones_like(uncertainty)
-                r = rectify(
-                    label, uncertainty, p, pl.uncertainty_threshold, pl.model_confidence, pl.uncertainty_weighting
-                )
-                agreement = image_teacher_agreement([decode_agreement(m) for m in maps])
-                results.append(PseudoLabelResult(r, label, p, sum(len(g) for _, g in sets), covered, agreement))
-                stats.add(r, sum(len(g) for _, g in sets))
-        model.train(was_training)
+        for probs, sets, maps in self._decoded(model, items, teacher_classes, seed, batch_size):
+            result = self._result(probs, sets, maps)
+            results.append(result)
+            stats.add(result.rectified, result.prompts)
         return results, stats
 
     def calibrate(
@@ -330,11 +339,14 @@ class PseudoLabeler:
         """Per-class trust from held-out labeled items (:func:`~semisam.pseudolabel.rectify.trust_decisions`), and
         the model's own foreground Dice there (the refresh's check that its prompts are worth decoding).
 
-        The prompts come from the model's predictions, as on unlabeled images; the labels only score. Each class
-        is judged on the teacher's own pixels: inside its prompt boxes, where the rectified label is the
-        teacher's certain answer (source 1); the teacher's label there and the model's argmax there are each
-        scored against the labels. ``previous``: the decisions in force (kept when the difference is inside the
-        noise band; default: the teacher for every class).
+        The prompts come from the model's predictions, as on unlabeled images; the labels only score. **Each class
+        is judged on its own decodes**: for class ``k`` the pseudo-label is made as if ``k`` were the only class
+        the teacher is trusted with (the model's evidence for every other class), and it is scored on the
+        teacher's own pixels, inside ``k``'s prompt boxes where the rectified label is the teacher's certain answer
+        (source 1): the teacher's label there and the model's argmax there, each against the labels. Judged with
+        every class trusted at once, another class's decode could contest ``k``'s pixels (on ACDC the myocardium's
+        box returns the LV cavity) and ``k`` would be judged on the pixels left over. ``previous``: the decisions
+        in force (kept when the difference is inside the noise band; default: the teacher for every class).
 
         Args:
             items: held-out labeled items (never training labels: the student has memorised those).
@@ -347,13 +359,15 @@ class PseudoLabeler:
         pl = self.cfg.pseudo_labels
         num_classes = self.cfg.data.num_classes
         everyone = dict.fromkeys(range(1, num_classes), True)
-        results, _ = self.label(model, items, everyone, seed)
         counts: dict[str, dict[int, list[tuple[float, float, float]]]] = {"teacher": {}, "model": {}}
         model_dice: dict[int, list[float]] = {k: [] for k in everyone}
-        for res, ref in zip(results, labels, strict=True):
-            model_label = res.model_probs.argmax(0)
-            teacher_sure = res.rectified.source == SOURCE_TEACHER
+        decoded = self._decoded(model, items, list(everyone), seed, batch_size=8)
+        for (probs, sets, maps), ref in zip(decoded, labels, strict=True):
+            model_label = probs.argmax(0)
             for k in everyone:
+                own_sets = [i for i, (prompt, _) in enumerate(sets) if prompt.class_index == k]
+                res = self._result(probs, [sets[i] for i in own_sets], [maps[i] for i in own_sets])
+                teacher_sure = res.rectified.source == SOURCE_TEACHER
                 own = teacher_sure & res.covered[k] if k in res.covered else np.zeros_like(teacher_sure)
                 truth = (ref == k) & own
                 for side, pred in (("teacher", res.rectified.label == k), ("model", model_label == k)):
