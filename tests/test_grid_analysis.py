@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from semisam.teacher.grid_analysis import analyze_grid, rank_rules, score_box_masks
+from semisam.teacher.grid_analysis import analyze_grid, label_box_summary, label_boxes, rank_rules, score_box_masks
 
 from .conftest import REPO
 
@@ -85,3 +85,45 @@ def test_analyze_grid_scores_every_box_of_labeled_images(phantom_root, tmp_path)
     point_teacher = build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=tiny_spec())
     with pytest.raises(ValueError, match="takes points"):
         analyze_grid(cfg, point_teacher, "val")
+
+
+def test_label_boxes_frame_each_structure_with_a_margin():
+    label = np.zeros((20, 30), dtype=np.int64)
+    label[4:8, 10:20] = 2  # rows 4-7, columns 10-19
+    label[0:20, 0:2] = 3  # touches the image's edges
+    present, boxes = label_boxes(label, [1, 2, 3], margin=0.1)
+    assert present == [2, 3]  # class 1 is absent: no box
+    assert boxes.tolist()[0] == pytest.approx([9.0, 3.6, 21.0, 8.4])  # 10 x 4 px, widened by 1 and 0.4 px
+    assert boxes.tolist()[1] == pytest.approx([0.0, 0.0, 2.2, 20.0])  # clipped to the image
+
+
+def test_label_box_summary_says_what_each_structures_box_returns():
+    nan = math.nan
+    rows = [  # a ring's box returning the cavity inside it, on two images; the cavity's box returning itself
+        {"prompt_class": 1, "iou_1": 0.05, "iou_2": 0.85},
+        {"prompt_class": 1, "iou_1": 0.15, "iou_2": 0.75},
+        {"prompt_class": 2, "iou_1": 0.0, "iou_2": 0.9},
+        {"prompt_class": 2, "iou_1": nan, "iou_2": 0.7},  # no ring on that image
+    ]
+    table = label_box_summary(rows, [1, 2])
+    assert table["1"]["boxes"] == 2
+    assert table["1"]["iou_1"]["mean"] == pytest.approx(0.10) and table["1"]["iou_2"]["mean"] == pytest.approx(0.80)
+    assert table["2"]["iou_1"] == {"mean": 0.0, "median": 0.0}  # the nan row does not count
+    assert table["2"]["iou_2"]["median"] == pytest.approx(0.8)
+
+
+def test_analyze_grid_with_label_boxes_prompts_each_structure_once(phantom_root, tmp_path):
+    from semisam.config.loader import load_config
+    from semisam.teacher.engine import build_teacher
+    from semisam.teacher.models import build_tiny_sam, tiny_spec
+
+    cfg = load_config(REPO / "configs/demo.yaml", [f"data.root={phantom_root}", f"teacher.cache_dir={tmp_path}"])
+    spec = replace(tiny_spec(), kind="tiny_box", accepts_points=False)
+    teacher = build_teacher(cfg.teacher, sam=build_tiny_sam(seed=0), spec=spec)
+    rows = analyze_grid(cfg, teacher, "val", limit=2, progress=False, boxes="labels")
+    images = {r["image"] for r in rows}
+    assert len(images) == 2
+    for image in images:  # one row per class present on the image, in class order
+        assert [r["prompt_class"] for r in rows if r["image"] == image] == [1, 2, 3]
+    with pytest.raises(ValueError, match="'grid' or 'labels'"):
+        analyze_grid(cfg, teacher, "val", boxes="points")

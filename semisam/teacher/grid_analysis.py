@@ -1,6 +1,8 @@
 """The box grid of a box-only teacher, box by box: what each grid box's mask covers, scored against the labels.
 
-For choosing the everything mode's rules on real data and for saying why its priors help or not (issue 12).
+For choosing the everything mode's rules on real data and for saying why its priors help or not (issue 12); and,
+with one box around each labeled structure instead of the grid, what the teacher returns for the best prompt a
+student could give (its ceiling per structure, e.g. ACDC's myocardium box returns the LV cavity).
 Every box of the grid (:func:`~semisam.teacher.everything.box_grid`) is decoded on an image's cached embedding and
 its raw mask (logits > 0, before the everything mode's filters, NMS and top-fraction rule) is scored against each
 labeled structure (IoU). The per-image question that matters for SAMAug priors is whether the teacher's own
@@ -142,7 +144,58 @@ def _best_of(ious: Iterable[np.ndarray], good_iou: float) -> dict:
     return {"best_iou": float(best.mean()), "good_share": float(np.mean(best >= good_iou))}
 
 
-def analyze_grid(cfg, teacher, split: str = "val", limit: int = 50, progress: bool = True) -> list[dict]:
+def label_boxes(label: np.ndarray, classes: Sequence[int], margin: float = 0.05) -> tuple[list[int], torch.Tensor]:
+    """One box per class present in ``label``: the tight box of all its pixels, widened by ``margin`` of its side
+    on each edge and clipped to the image. The best box a student could prompt with: what the teacher returns
+    for it is the teacher's ceiling on that structure.
+
+    Args:
+        label: integer (H, W) label map.
+        classes: foreground classes to box (absent ones are skipped).
+        margin: widening, as a fraction of the box's width (height) on each side.
+
+    Returns:
+        ``(present, boxes)``: the classes boxed, and float32 (N, 4) XYXY pixel-edge boxes (a pixel ``(r, c)``
+        spans ``[c, c + 1) x [r, r + 1)``), one row per class of ``present``.
+    """
+    from semisam.pseudolabel.prompts import component_box  # the pseudo-labels' own box rule
+
+    present = [int(c) for c in classes if (np.asarray(label) == c).any()]
+    boxes = [component_box(np.asarray(label) == c, margin) for c in present]
+    return present, torch.from_numpy(np.stack(boxes)) if boxes else torch.zeros((0, 4), dtype=torch.float32)
+
+
+def label_box_summary(rows: Iterable[dict], classes: Sequence[int]) -> dict:
+    """What a box around each structure returns: per prompted class, the number of boxes and the mean (and
+    median) IoU of the teacher's mask with every class present on the same image.
+
+    Args:
+        rows: :func:`score_box_masks` rows with a ``prompt_class`` key (:func:`analyze_grid` with
+            ``boxes="labels"``).
+        classes: foreground classes (the rows' ``iou_<c>`` columns).
+
+    Returns:
+        ``{"<prompted>": {"boxes": n, "iou_<c>": {"mean": m, "median": md}}}``; a class absent from every image
+        of a prompted class's boxes is left out.
+    """
+    by_class: dict[str, list[dict]] = {}
+    for row in rows:
+        by_class.setdefault(str(row["prompt_class"]), []).append(row)
+    out: dict = {}
+    for prompted, group in sorted(by_class.items()):
+        entry: dict = {"boxes": len(group)}
+        for c in classes:
+            values = np.array([r[f"iou_{c}"] for r in group], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            if len(values):
+                entry[f"iou_{c}"] = {"mean": float(values.mean()), "median": float(np.median(values))}
+        out[prompted] = entry
+    return out
+
+
+def analyze_grid(
+    cfg, teacher, split: str = "val", limit: int = 50, progress: bool = True, boxes: str = "grid", margin: float = 0.05
+) -> list[dict]:
     """:func:`score_box_masks` rows for every slice of the first ``limit`` cases of ``split`` that have labels.
 
     Args:
@@ -152,14 +205,17 @@ def analyze_grid(cfg, teacher, split: str = "val", limit: int = 50, progress: bo
         split: ``labeled`` or ``val`` (never a training pool without labels).
         limit: cases to analyse.
         progress: a tqdm bar.
+        boxes: ``grid``: the everything grid's boxes; ``labels``: one box around each labeled structure
+            (:func:`label_boxes`, widened by ``margin``), rows with ``prompt_class`` added.
+        margin: the label boxes' widening.
 
     Returns:
         Rows with ``image`` (``case`` or ``case:slice``) added. Cached embeddings are read from the run's teacher
         cache when there; missing ones are computed (and not cached).
 
     Raises:
-        ValueError: a split other than ``labeled`` / ``val``, or a point-capable teacher (its everything mode is
-            segment-anything's generator, not a box grid).
+        ValueError: a split other than ``labeled`` / ``val``, ``boxes`` other than ``grid`` / ``labels``, or a
+            point-capable teacher (its everything mode is segment-anything's generator, not a box grid).
     """
     from tqdm import tqdm
 
@@ -171,6 +227,8 @@ def analyze_grid(cfg, teacher, split: str = "val", limit: int = 50, progress: bo
 
     if split not in ("labeled", "val"):
         raise ValueError(f"the grid is scored on labeled or val images only, not {split!r}")
+    if boxes not in ("grid", "labels"):
+        raise ValueError(f"boxes must be 'grid' or 'labels', not {boxes!r}")
     if teacher.spec.accepts_points:
         raise ValueError(f"{teacher.spec.kind} takes points: its everything mode is segment-anything's generator")
     reader = build_reader(cfg.data)
@@ -193,10 +251,17 @@ def analyze_grid(cfg, teacher, split: str = "val", limit: int = 50, progress: bo
             emb = torch.cat([teacher.embed([s]).cpu() for s in slices])
         for k, (s, lab) in enumerate(zip(slices, labels, strict=True)):
             size = tuple(int(v) for v in s.shape[-2:])
-            boxes = box_grid(size, list(ev.box_scales), float(ev.box_overlap))
+            if boxes == "grid":
+                prompted, prompts = None, box_grid(size, list(ev.box_scales), float(ev.box_overlap))
+            else:
+                prompted, prompts = label_boxes(lab, classes, margin)
+                if not prompted:
+                    continue
             with torch.no_grad():
-                result = teacher.decode_boxes(emb[k : k + 1], [boxes], [size], [teacher.input_size(size)])[0]
-            for row in score_box_masks(result.logits.cpu(), result.iou.cpu(), boxes, lab, classes):
+                result = teacher.decode_boxes(emb[k : k + 1], [prompts], [size], [teacher.input_size(size)])[0]
+            for i, row in enumerate(score_box_masks(result.logits.cpu(), result.iou.cpu(), prompts, lab, classes)):
                 row["image"] = f"{case_id}:{k}" if volume else case_id
+                if prompted is not None:
+                    row["prompt_class"] = prompted[i]
                 rows.append(row)
     return rows
