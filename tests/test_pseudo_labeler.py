@@ -182,26 +182,3 @@ def test_calibration_judges_each_class_on_its_own_decodes():
     assert scalars["calibration/teacher_dice_2"] == pytest.approx(2 * 100 / (100 + 144), abs=1e-6)
     # the ring's decode is the cavity: wrong wherever it speaks
     assert scalars["calibration/teacher_dice_1"] < 0.1 and not trusted[1]
-
-
-@pytest.mark.parametrize("refinements", [0, 1, 2])
-def test_box_refinement_moves_the_box_to_the_teachers_object(refinements):
-    """The model over-segments a 6x6 object as a 10x10 square; the teacher finds the object inside any box that
-    holds it. Refined, the prompt's box (and so the region whose evidence is the teacher's) is the object's own
-    box; unrefined, the model's."""
-    from semisam.pseudolabel.labeler import boxes_cover
-    from semisam.pseudolabel.prompts import component_box
-
-    probs, _, object_mask = over_segmented_and_missed()
-    cfg = binary_cfg(f"pseudo_labels.box_refinements={refinements}")
-    labeler = labeler_for(cfg, probs[:1], BoxTeacher(mask=object_mask))
-    (result,), _ = labeler.label(torch.nn.Identity(), [("a", -1)], {1: True}, seed=0)
-    source = object_mask if refinements else probs[0][1] > 0.5
-    expected = boxes_cover([component_box(source, cfg.pseudo_labels.box_margin)], object_mask.shape)
-    assert np.array_equal(result.covered[1], expected)
-    assert result.prompts == 1 + 2  # refinement decodes are not prompt sets
-    # a teacher that sees nothing in the box leaves it where the model put it
-    blind = labeler_for(cfg, probs[:1], BoxTeacher(mask=np.zeros_like(object_mask)))
-    (result,), _ = blind.label(torch.nn.Identity(), [("a", -1)], {1: True}, seed=0)
-    model_box = boxes_cover([component_box(probs[0][1] > 0.5, cfg.pseudo_labels.box_margin)], object_mask.shape)
-    assert np.array_equal(result.covered[1], model_box)

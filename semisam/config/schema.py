@@ -305,9 +305,6 @@ class PseudoLabelConfig:
     # the image (0.2 %: 600 pixels of a 600x500 image). Smaller components keep the model's own evidence.
     min_area_fraction: float = 0.002
     box_margin: float = 0.05
-    # passes that replace each prompt's box by the box of the teacher's mask for it (one decode per prompt each):
-    # a box around the student's over- or under-segmented component moves towards the object the teacher sees
-    box_refinements: int = 0
     negative_points: int = 0
     perturbations: int = 8
     jitter: float = 0.1
@@ -486,7 +483,6 @@ def validate_config(cfg: RunConfig) -> None:
         if not 0 <= value <= 1:
             raise ConfigError(f"pseudo_labels.{key}={value} must be in [0, 1]")
     _positive("pseudo_labels.perturbations", pl.perturbations, allow_zero=True)
-    _positive("pseudo_labels.box_refinements", pl.box_refinements, allow_zero=True)
     _positive("pseudo_labels.trust_noise_sigmas", pl.trust_noise_sigmas, allow_zero=True)
     _positive("pseudo_labels.calibration_images", pl.calibration_images, allow_zero=True)
     _positive("pseudo_labels.min_area", pl.min_area, allow_zero=True)

@@ -6,8 +6,7 @@ One refresh, for a set of 2D items (slices) of unlabeled images:
 2. :func:`~semisam.pseudolabel.prompts.prompts_from_probabilities` turns them into one prompt set per foreground
    class the teacher is trusted with — from the model's probabilities only: this pipeline never receives a
    label, and unlabeled items are read through a path that never opens one;
-3. (``box_refinements``) each prompt's box is decoded and replaced by the box of the teacher's mask;
-   each prompt and its ``perturbations`` jittered copies are decoded by the teacher on the cached image
+3. each prompt and its ``perturbations`` jittered copies are decoded by the teacher on the cached image
    embeddings, all prompts of a batch of images in batched decoder calls;
 4. per class, inside its prompt boxes, the mean of the K+1 sigmoid maps and its uncertainty
    (:mod:`semisam.pseudolabel.rectify`); several components of one class combine by pixel-wise maximum of their
@@ -29,7 +28,7 @@ import io
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from semisam.config.schema import RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.fusion import fuse_priors
 from semisam.evaluation.inference import predict_probabilities
-from semisam.pseudolabel.prompts import ClassPrompt, component_box, perturb_prompts, prompts_from_probabilities
+from semisam.pseudolabel.prompts import ClassPrompt, perturb_prompts, prompts_from_probabilities
 from semisam.pseudolabel.rectify import (
     SOURCE_TEACHER,
     ClassEvidence,
@@ -237,27 +236,14 @@ class PseudoLabeler:
         return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- core
-    def _prompt_sets(self, prompts: Sequence[ClassPrompt], size: tuple[int, int], rng: np.random.Generator):
-        """Prompt sets of one image: for each prompt, the original followed by its perturbations."""
+    def _prompt_sets(self, probs: np.ndarray, classes: Sequence[int], rng: np.random.Generator):
+        """Prompts of one image: for each prompt, the original followed by its perturbations."""
         pl = self.cfg.pseudo_labels
-        return [(p, [p, *perturb_prompts(p, pl.perturbations, pl.jitter, size, rng)]) for p in prompts]
-
-    def _refine_boxes(self, items: Sequence[Item], prompts: list[list[ClassPrompt]]) -> list[list[ClassPrompt]]:
-        """``pseudo_labels.box_refinements`` passes of box refinement: each prompt's box is decoded once and
-        replaced by the box of the teacher's mask (probability > 0.5, grown by ``box_margin``), so that a box drawn
-        around a student's over- or under-segmented component moves towards the object the teacher sees in it. A
-        prompt whose mask is empty keeps its box. Perturbations are drawn around the refined box."""
-        pl = self.cfg.pseudo_labels
-        for _ in range(pl.box_refinements):
-            decoded = self._decode(items, [[(p, [p]) for p in image] for image in prompts])
-            prompts = [
-                [
-                    replace(p, box=component_box(m[0] > 0.5, pl.box_margin)) if (m[0] > 0.5).any() else p
-                    for p, m in zip(image, maps, strict=True)
-                ]
-                for image, maps in zip(prompts, decoded, strict=True)
-            ]
-        return prompts
+        size = probs.shape[-2:]
+        sets: list[tuple[ClassPrompt, list[ClassPrompt]]] = []
+        for prompt in prompts_from_probabilities(probs, pl, classes=classes):
+            sets.append((prompt, [prompt, *perturb_prompts(prompt, pl.perturbations, pl.jitter, size, rng)]))
+        return sets
 
     def _decode(self, items: Sequence[Item], prompt_sets: list[list]) -> list[list[np.ndarray]]:
         """Teacher foreground probabilities (N, H, W) per prompt set, for every item."""
@@ -305,11 +291,7 @@ class PseudoLabeler:
                 chunk = items[start : start + batch_size]
                 probs = self.model_probabilities(model, chunk)
                 rngs = [np.random.default_rng([seed, start + j]) for j in range(len(chunk))]
-                prompts = [prompts_from_probabilities(p, self.cfg.pseudo_labels, classes=classes) for p in probs]
-                prompts = self._refine_boxes(chunk, prompts)
-                prompt_sets = [
-                    self._prompt_sets(ps, p.shape[-2:], rng) for ps, p, rng in zip(prompts, probs, rngs, strict=True)
-                ]
+                prompt_sets = [self._prompt_sets(p, classes, rng) for p, rng in zip(probs, rngs, strict=True)]
                 decoded = self._decode(chunk, prompt_sets)
                 yield from zip(probs, prompt_sets, decoded, strict=True)
         finally:
