@@ -3,7 +3,7 @@
 
 Generates the seeded synthetic phantom (semisam.data.phantom) under runs/demo/data, runs the frozen LiteMedSAM
 teacher offline (embeddings + SAMAug prior maps, cached in runs/demo/cache), trains a U-Net student with semisam
-(8 labeled images, 16 unlabeled, priors as input channels, self-training rounds on rectified auto-prompt
+(8 labeled images, 12 unlabeled, priors as input channels, self-training rounds on rectified auto-prompt
 pseudo-labels; configs/demo.yaml),
 evaluates the best checkpoint on the phantom's test split, prints the summary and writes
 runs/demo/run/eval_test/{summary.json,metrics_per_case.csv,predictions.png}.
@@ -39,8 +39,8 @@ def main() -> None:
             size=cfg.data.image_size[0],
             seed=0,
             layout="folder",
-            num_val=8,  # the teacher's offline pass is most of the demo's time: every val/test image costs
-            num_test=12,  # an encoder pass and 9 box decodes (about 3 s on 2 cores) for its priors
+            num_val=6,  # the teacher's offline pass is most of the demo's time: every val/test image costs
+            num_test=8,  # an encoder pass and 9 box decodes (3-4 s on 2 cores) for its priors
         )
     from semisam.teacher.engine import build_teacher
     from semisam.teacher.precompute import precompute
