@@ -317,12 +317,22 @@ def test_sha256_file_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
 
 
 def test_teacher_precision(caplog, monkeypatch):
+    from semisam.teacher import engine
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert teacher_dtype("auto", cpu) is None
-    assert teacher_dtype("fp32", cuda) is None
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert teacher_dtype("auto", cpu) is None  # emulated bf16 is slower than fp32: auto keeps fp32
     with caplog.at_level(logging.WARNING, logger="semisam"):
-        assert teacher_dtype("bf16", cpu) is None
+        assert teacher_dtype("bf16", cpu) is torch.bfloat16  # asked for: honoured, with a warning
+    assert "emulated" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="semisam"):
+        assert teacher_dtype("fp16", cpu) is None
     assert "fp32" in caplog.text
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert teacher_dtype("auto", cpu) is torch.bfloat16  # native bf16: as on CUDA
+    assert teacher_dtype("fp32", cpu) is None
+    assert teacher_dtype("fp32", cuda) is None
     assert teacher_dtype("bf16", cuda) is torch.bfloat16
     assert teacher_dtype("fp16", cuda) is torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -331,3 +341,12 @@ def test_teacher_precision(caplog, monkeypatch):
     assert teacher_dtype("auto", cuda) is torch.float16
     with pytest.raises(TeacherError, match="precision"):
         teacher_dtype("int8", cpu)
+
+
+def test_cache_identity_names_the_precision():
+    """An fp32 cache is not a bf16 one: the manifest's teacher identity carries the autocast dtype."""
+    from semisam.teacher.cache import teacher_identity
+
+    fp32 = teacher_identity("litemedsam", "a" * 64, "medsam", 256, 1, "float32")
+    bf16 = teacher_identity("litemedsam", "a" * 64, "medsam", 256, 1, "bfloat16")
+    assert fp32 != bf16 and fp32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"

@@ -250,7 +250,7 @@ class TeacherConfig:
     checkpoint_dir: str = "~/.cache/semisam/checkpoints"
     allow_download: bool = True
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 on other CPUs
     # 0 = auto: 8 images / 256 prompts per call on CUDA; 1 / 4 on CPU, where larger batches were measured slower
     # (LiteMedSAM, 2 cores: encoder 1.22 vs 1.37 s per image at batch 1 vs 2; decoder 46 vs 75 ms per box at 1 vs 20)
     embed_batch_size: int = 0  # images per encoder call
@@ -352,6 +352,28 @@ class PseudoLabelConfig:
 
 
 @dataclass
+class RefineConfig:
+    """Test-time refinement (``tools/evaluate.py --refine``): the teacher refines the student's predictions.
+
+    The student predicts; its prediction becomes prompts by the pseudo-labels' prompt rules
+    (``pseudo_labels.components``, ``min_area``, ``box_margin``, ``perturbations``, ``jitter``, ...); the teacher
+    decodes every prompt and its perturbations; the mean and uncertainty are fused with the student's probabilities
+    by the pseudo-labels' rectification (``pseudo_labels.uncertainty_threshold``, ``model_confidence``); a pixel
+    neither is sure of takes the student's label (an output has no "ignore").
+
+    Which classes the teacher refines is calibrated on ``calibration_images`` val slices (spread over the val
+    cases): per class, the val Dice of the output with only that class refined against the student's own, over all
+    pixels. A class is refined only if it gains more than ``max(trust_margin, trust_noise_sigmas x`` the bootstrap
+    standard error of the gain over the images); otherwise, and by default, it stays the student's, exactly.
+    """
+
+    calibration_images: int = 64
+    trust_margin: float = 0.005  # Dice (0.005 = half a point)
+    trust_noise_sigmas: float = 2.0
+    batch_size: int = 8  # images whose prompts go through the teacher's decoder together
+
+
+@dataclass
 class RunConfig:
     """A whole run. ``output_dir`` receives config.yaml, checkpoints/, TensorBoard events, metrics.csv."""
 
@@ -367,6 +389,7 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 class ConfigError(ValueError):
@@ -496,6 +519,13 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"pseudo_labels.select_fraction={pl.select_fraction} must be in (0, 1]")
     if m.name == "semisam" and not (pl.enabled or cfg.priors.enabled):
         raise ConfigError("method.name=semisam needs pseudo_labels.enabled and/or priors.enabled")
+
+    r = cfg.refine
+    _positive("refine.calibration_images", r.calibration_images)
+    _positive("refine.batch_size", r.batch_size)
+    _positive("refine.trust_noise_sigmas", r.trust_noise_sigmas, allow_zero=True)
+    if not 0 <= r.trust_margin <= 1:
+        raise ConfigError(f"refine.trust_margin={r.trust_margin} must be in [0, 1]")
 
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)

@@ -45,15 +45,22 @@ def cache_root(cfg: RunConfig) -> Path:
 
 
 def teacher_identity(
-    kind: str, checkpoint_sha256: str | None, preprocessing: str, encoder_size: int, engine_version: int = 1
+    kind: str,
+    checkpoint_sha256: str | None,
+    preprocessing: str,
+    encoder_size: int,
+    engine_version: int = 1,
+    dtype: str = "float32",
 ) -> dict:
-    """The fields that name a teacher in a manifest (the engine version changes when its numerics do)."""
+    """The fields that name a teacher in a manifest (the engine version changes when its numerics do; ``dtype``,
+    the autocast dtype it ran in, changes them by rounding: a bf16 cache is not an fp32 one)."""
     return {
         "kind": kind,
         "checkpoint_sha256": checkpoint_sha256,
         "preprocessing": preprocessing,
         "encoder_size": encoder_size,
         "engine_version": engine_version,
+        "dtype": dtype,
     }
 
 

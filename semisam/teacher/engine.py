@@ -47,7 +47,7 @@ from semisam.utils import resolve_device
 logger = logging.getLogger("semisam")
 
 TEACHER_VERSION = 1  # bump when the engine's numerical behaviour changes: it invalidates caches
-_DTYPE_NAMES = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_NAMES = {None: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 Size = tuple[int, int]
 
@@ -66,21 +66,33 @@ class DecodeResult:
     iou: torch.Tensor
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX tiles): there CPU autocast in bf16 speeds the
+    teacher's encoder up; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``teacher.precision`` on ``device``; ``None`` means plain fp32.
 
-    ``auto``: bf16 on CUDA (fp16 on GPUs without bf16), fp32 on CPU. ``fp16`` / ``bf16`` on a CPU fall back to fp32
-    with a warning (CPU autocast is slow and the teacher's outputs are cached: a config written for the GPU should
-    still run on a laptop, with the same results up to precision).
+    ``auto``: bf16 on CUDA (fp16 on GPUs without bf16); on a CPU, bf16 where the CPU has native bf16
+    (:func:`cpu_has_native_bf16`), fp32 elsewhere. ``bf16`` on a CPU without native bf16 runs as asked, with a
+    warning that it is emulated (slower than fp32); ``fp16`` on a CPU falls back to fp32 with a warning (CPU
+    autocast has no fast fp16 path). The outputs differ from fp32 by rounding only; docs/BENCHMARKS.md has the
+    measured agreement.
     """
     if precision == "fp32":
         return None
     if precision not in ("auto", "bf16", "fp16"):
         raise TeacherError(f"teacher.precision={precision!r} is not one of auto, fp32, fp16, bf16")
     if device.type != "cuda":
-        if precision != "auto":
-            logger.warning("teacher.precision=%s is for CUDA; running the teacher in fp32 on %s", precision, device)
-        return None
+        native = cpu_has_native_bf16()
+        if precision == "fp16":
+            logger.warning("teacher.precision=fp16 is for CUDA; running the teacher in fp32 on %s", device)
+            return None
+        if precision == "bf16" and not native:
+            logger.warning("teacher.precision=bf16 on a CPU without native bf16: emulated, slower than fp32")
+        return torch.bfloat16 if (precision == "bf16" or native) else None
     if precision == "fp16":
         return torch.float16
     if precision == "auto" and not torch.cuda.is_bf16_supported():
@@ -117,7 +129,7 @@ class SamTeacher:
                 f"teacher spec {spec.kind} says encoder_size={spec.encoder_size}, the model's encoder takes "
                 f"{sam.image_encoder.img_size}"
             )
-        if dtype not in _DTYPE_NAMES:
+        if dtype not in DTYPE_NAMES:
             raise TeacherError(f"unsupported teacher dtype {dtype}; use torch.bfloat16, torch.float16 or None")
         if embed_batch_size <= 0 or decode_batch_size <= 0:
             raise ValueError("embed_batch_size and decode_batch_size must be positive")
@@ -149,7 +161,7 @@ class SamTeacher:
             "preprocessing": self.spec.preprocessing,
             "encoder_size": self.spec.encoder_size,
             "embedding_shape": list(self.embedding_shape),
-            "dtype": _DTYPE_NAMES[self.dtype],
+            "dtype": DTYPE_NAMES[self.dtype],
             "semisam_teacher_version": TEACHER_VERSION,
         }
 
@@ -439,7 +451,7 @@ def build_teacher(
         "teacher %s on %s (%s), checkpoint sha256 %s",
         spec.kind,
         device,
-        _DTYPE_NAMES[dtype],
+        DTYPE_NAMES[dtype],
         checkpoint_sha256,
     )
     return teacher
