@@ -53,8 +53,37 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
     assert "| supervised | 2 | 0.700 ± 0.141 | 0.600 ± 0.141 | 0.800 ± 0.141 | 15.0 ± 7.1 |" in text
     assert sup["other_dice"]["mean"] == pytest.approx(0.6)  # the other checkpoint's test Dice, kept beside
     assert "| Dice with last.pt |" in text  # these records score best.pt (records before eval.checkpoint)
-    assert "| 15.0 ± 7.1 | 1.0 ± 0.0 | 0.600 ± 0.141 | 1.5 ± 0.7 |" in text
-    assert "| semisam | 1 | n/a | 0.800 | n/a | 5.0 | 1.0 | n/a | 1.7 | 25 % |" in text
+    assert "| 15.0 ± 7.1 | 1.0 ± 0.0 | 0.600 ± 0.141 | n/a | 1.5 ± 0.7 |" in text  # n/a: not refined
+    assert "| semisam | 1 | n/a | 0.800 | n/a | 5.0 | 1.0 | n/a | n/a | 1.7 | 25 % |" in text
+    assert "refined by the teacher" not in text
+
+
+def test_the_table_shows_the_refined_scores_beside_the_students():
+    def refined(dice: dict[str, float], student_fg: float, rv: bool) -> dict:
+        out = _summary(dice, 1.0)
+        out["student"] = {"foreground_mean": {"dice": student_fg}}
+        out["refinement"] = {"trusted": {"1": rv, "2": True}, "seconds_per_image": 2.0}
+        return out
+
+    first = refined({"1": 0.6, "2": 0.8}, 0.6, True)
+    second = refined({"1": 0.7, "2": 1.0}, 0.8, False)
+    records = [
+        RunRecord("supervised", 0, "a", _summary({"1": 0.5, "2": 0.7}, 1.0), refined=first),
+        RunRecord("supervised", 1, "b", _summary({"1": 0.7, "2": 0.9}, 1.0), refined=second),
+    ]
+    table = aggregate(records, ["supervised"])
+    ref = table["supervised"]["refined"]
+    assert ref["dice"]["mean"] == pytest.approx(0.775)
+    assert ref["gain_points"]["mean"] == pytest.approx(7.5)  # +10 and +5 points over the same students
+    assert ref["refined_in_seeds"] == {"RV": 1, "LV": 2}
+    text = format_table(table, "voxels")
+    assert "| 0.775 ± 0.106 |" in text.splitlines()[2]  # the column "Dice refined" of the main table
+    assert (
+        "| supervised | 0.775 ± 0.106 | 0.650 ± 0.071 | 0.900 ± 0.141 | 7.5 ± 3.5 | RV 1, LV 2 | 2.00 ± 0.00 |" in text
+    )
+    # a method whose seeds are not all refined shows no refined mean (it would mix students)
+    records[1].refined = None
+    assert aggregate(records, ["supervised"])["supervised"]["refined"] is None
 
 
 def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
@@ -168,6 +197,15 @@ def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol
     with pytest.raises(ConfigError, match=r"supervised/seed0 was scored with another config.*method.dice_weight"):
         BenchmarkRunner(protocol, scale, methods, [0], out, changed, False, configs, tiny_teacher).run("test")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+
+    # --refine on the finished runs: every method is refined at test time, nothing is trained again
+    refined = BenchmarkRunner(protocol, scale, methods, [0], out, overrides, False, configs, tiny_teacher, refine=True)
+    results = refined.run("test")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
+    for name in ("supervised", "semisam_pl"):
+        assert (out / name / "seed0" / "eval_test_refined" / "summary.json").exists()
+        assert results["table"][name]["refined"]["dice"]["n"] == 1
+    assert "method (refined by the teacher)" in (out / "results.md").read_text()
 
 
 def test_the_benchmark_tool_runs_three_seeds_by_default():

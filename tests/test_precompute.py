@@ -232,3 +232,18 @@ def test_precompute_warns_when_priors_are_empty(phantom_root, tmp_path, tiny_box
     assert report.summary["empty_share"] == 1.0 and report.summary["masks_per_image"]["max"] == 0
     assert "EMPTY PRIORS" in caplog.text and f"{report.images} of {report.images} images" in caplog.text
     assert all(c["best_iou_mean"] == 0.0 for c in report.summary["classes"].values())
+
+
+def test_the_offline_pass_follows_the_config():
+    """Priors only for a student that takes them; embeddings of what pseudo-labels (and refinement) decode on."""
+    from semisam.config.loader import load_config
+    from semisam.teacher.precompute import offline_pass
+
+    semisam = load_config(REPO / "configs/kvasir/10_semisam.yaml", ["priors.enabled=false"])
+    assert offline_pass(semisam) == (False, ("labeled", "unlabeled", "val"))
+    assert offline_pass(semisam, refine=True) == (False, ("labeled", "unlabeled", "val", "test"))
+    with_priors = load_config(REPO / "configs/kvasir/10_semisam.yaml", ["priors.enabled=true"])
+    assert offline_pass(with_priors)[0] is True
+    assert offline_pass(with_priors, embeddings_only=True)[0] is False
+    supervised = load_config(REPO / "configs/kvasir/10_supervised.yaml")
+    assert offline_pass(supervised) == (False, ("labeled", "unlabeled"))

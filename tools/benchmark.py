@@ -40,6 +40,11 @@ def main() -> None:
         help="comma-separated seeds; the table gives mean ± std over them (default 0,1,2: seed noise at the cpu "
         "scale is several Dice points, so one seed proves nothing)",
     )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="also score every run refined by the teacher at test time (column 'Dice refined', a per-class table)",
+    )
     parser.add_argument("--out", help="benchmark folder (default: runs/benchmark/<protocol>_<scale>)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--log-level", default="INFO")
@@ -64,6 +69,7 @@ def main() -> None:
         args.out or f"runs/benchmark/{args.protocol}_{args.scale}",
         args.overrides,
         progress=not args.no_progress,
+        refine=args.refine,
     )
     results = runner.run(command=shlex.join(["python", "tools/benchmark.py", *sys.argv[1:]]))
     print((runner.out_dir / "results.md").read_text())

@@ -37,6 +37,12 @@ def main() -> None:
     parser.add_argument("--no-everything", action="store_true", help="skip the everything-mode timing")
     parser.add_argument("--stages", action="store_true", help="time the offline pass by stage instead (2D data)")
     parser.add_argument("--split", default="val", help="with --stages: the split whose first N cases are timed")
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="instead: each --precisions against the first on the first N --split images with their label boxes "
+        "(mask IoU, GT-box Dice per class, embedding seconds per image and relative error)",
+    )
     parser.add_argument("--label", default="", help="with --stages: a name for the row (e.g. a commit)")
     parser.add_argument("--output", default="runs/benchmark_teacher.json", help="JSON results file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -51,7 +57,7 @@ def main() -> None:
     from semisam.data.readers import build_reader
     from semisam.data.splits import resolve_split
     from semisam.teacher.benchmark import benchmark_teacher, format_rows
-    from semisam.teacher.engine import build_teacher
+    from semisam.teacher.engine import build_teacher, cpu_has_native_bf16
     from semisam.teacher.models import build_tiny_sam, tiny_spec
     from semisam.utils import atomic_write_text
 
@@ -88,6 +94,37 @@ def main() -> None:
             f"{torch.get_num_threads()} threads\n\n{format_stage_rows([row])}"
         )
         atomic_write_text(Path(args.output), json.dumps({"stages": row, "data": cfg.data.name}, indent=2))
+        return
+    if args.agreement:
+        from semisam.teacher.benchmark import precision_agreement
+        from semisam.teacher.grid_analysis import label_boxes
+
+        images, labels = [], []
+        for case_id in getattr(split, args.split):
+            image = loader.image(case_id)
+            slices = [-1] if image.ndim == 3 else range(image.shape[1])
+            for k in slices:
+                im, lab = loader.image_slice(case_id, k), loader.label_slice(case_id, k)
+                if (lab > 0).any():
+                    images.append(im)
+                    labels.append(lab)
+            if len(images) >= args.images:
+                break
+        images, labels = images[: args.images], labels[: args.images]
+        boxes = [label_boxes(lab, range(1, cfg.data.num_classes)) for lab in labels]
+        teachers = {}
+        for precision in args.precisions.split(","):
+            tcfg = cfg.teacher
+            tcfg.precision = precision
+            teachers[precision] = build_teacher(tcfg)
+        rows = precision_agreement(teachers, images, labels, boxes)
+        print(
+            f"\n{len(images)} {args.split} images of {cfg.data.name} with label boxes, "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"threads, native CPU bf16: {cpu_has_native_bf16()}\n"
+        )
+        print(json.dumps(rows, indent=2))
+        atomic_write_text(Path(args.output), json.dumps({"agreement": rows, "data": cfg.data.name}, indent=2))
         return
     images = []
     for case_id in split.test or split.val or split.labeled:

@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Run the frozen SAM teacher offline: image embeddings and SAMAug prior maps for every case, cached once.
 
+Priors are computed when the config's student takes them (priors.enabled=true); otherwise only the image
+embeddings that pseudo-labels (and, with --refine, test-time refinement) decode on.
+
 The cache goes to <teacher.cache_dir>/<data.name>/<teacher.kind>/ with a manifest naming the teacher (kind,
 checkpoint sha256, preprocessing); a cache made by another teacher is rebuilt, finished cases are skipped, so an
 interrupted run resumes where it stopped. Training with priors.enabled=true reads the priors from there.
@@ -34,19 +37,30 @@ def main() -> None:
         "channels _0001/_0002 (nnunet data), or PNG stacks {case}_0000/_0001/_0002.png (2D data)",
     )
     parser.add_argument(
-        "--embeddings-only", action="store_true", help="skip the prior maps (pseudo-labels need only embeddings)"
+        "--embeddings-only", action="store_true", help="skip the prior maps even if priors.enabled=true"
+    )
+    parser.add_argument(
+        "--refine", action="store_true", help="also keep the val and test embeddings (tools/evaluate.py --refine)"
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     setup_logging(args.log_level)
     from semisam import distributed
-    from semisam.teacher.precompute import precompute
+    from semisam.teacher.precompute import offline_pass, precompute
 
     cfg = config_from_args(args)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    priors, keep = offline_pass(cfg, args.embeddings_only, args.refine)
+    if not priors:  # nothing to compute for a split whose embeddings are not kept
+        splits = [s for s in splits if s in keep]
     with distributed.session(cfg.teacher.device):  # under torchrun: each rank computes its share of the cases
         report = precompute(
-            cfg, splits=splits, limit=args.limit, progress=not args.no_progress, priors=not args.embeddings_only
+            cfg,
+            splits=splits,
+            limit=args.limit,
+            progress=not args.no_progress,
+            priors=priors,
+            keep_embeddings_of=keep,
         )
         if not distributed.is_main():
             return

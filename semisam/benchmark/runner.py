@@ -8,6 +8,8 @@ Layout of ``<out_dir>`` (one folder per protocol and scale)::
       <method>/seed<s>/eval_test/       summary.json, metrics_per_case.csv, figures of the run's checkpoint
                                         (eval.checkpoint: last or best)
       <method>/seed<s>/eval_test_<other>/   the same for the other checkpoint (how much selection matters)
+      <method>/seed<s>/eval_test_refined/   with --refine: the run's checkpoint refined by the teacher at test time
+                                        (summary.json with the refined and the student-alone scores)
       <method>/seed<s>/benchmark_run.json   wall-clock seconds of training / evaluation, refresh seconds
       results.json, results.md, dice.png    the table (mean and spread over seeds) and the figure
 
@@ -60,6 +62,7 @@ class RunRecord:
     git_commit: str | None = None  # the code that trained it (None in records written before it was kept)
     checkpoint: str = "best"  # which checkpoint ``summary`` scores (records before eval.checkpoint: best)
     other_dice: float | None = None  # test foreground Dice of the other checkpoint (last <-> best)
+    refined: dict | None = None  # the test-time refined evaluation's summary.json (with --refine)
 
     @property
     def refresh_share(self) -> float | None:
@@ -149,8 +152,30 @@ def aggregate(records: Sequence[RunRecord], methods: Sequence[str]) -> dict:
             "train_minutes": _stats([None if r.train_seconds is None else r.train_seconds / 60 for r in runs]),
             "checkpoint": runs[0].checkpoint,
             "other_dice": _stats([r.other_dice for r in runs]),
+            "refined": _refined_stats(runs, names, classes),
         }
     return out
+
+
+def _refined_stats(runs: Sequence[RunRecord], names: dict, classes: list[str]) -> dict | None:
+    """Mean and spread over seeds of the refined evaluation (None unless every run has one): foreground Dice, Dice
+    per class, the gain over the student alone in Dice points, seconds per image, how many seeds refine each class."""
+    summaries = [r.refined for r in runs]
+    if not summaries or any(s is None for s in summaries):
+        return None
+    return {
+        "dice": _stats([s["foreground_mean"].get("dice") for s in summaries]),
+        "dice_per_class": {
+            names.get(c, f"class_{c}"): _stats([s["mean"][c].get("dice") for s in summaries]) for c in classes
+        },
+        "gain_points": _stats(
+            [100 * (s["foreground_mean"]["dice"] - s["student"]["foreground_mean"]["dice"]) for s in summaries]
+        ),
+        "seconds_per_image": _stats([s["refinement"]["seconds_per_image"] for s in summaries]),
+        "refined_in_seeds": {
+            names.get(c, f"class_{c}"): sum(bool(s["refinement"]["trusted"].get(c)) for s in summaries) for c in classes
+        },
+    }
 
 
 def _cell(stats: dict, digits: int) -> str:
@@ -170,16 +195,28 @@ def format_table(table: dict, units: str) -> str:
     classes = list(next(iter(table.values()))["dice_per_class"])
     head = ["method", "seeds", "Dice (fg mean)", *[f"Dice {c}" for c in classes]]
     other = "best" if next(iter(table.values())).get("checkpoint", "best") == "last" else "last"
-    head += [f"HD95 ({units})", f"ASD ({units})", f"Dice with {other}.pt", "train min", "refresh share"]
+    head += [f"HD95 ({units})", f"ASD ({units})", f"Dice with {other}.pt", "Dice refined", "train min", "refresh share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         share = row["refresh_share"]
+        refined = row.get("refined")
         cells = [name, str(len(row["seeds"])), _cell(row["foreground"]["dice"], 3)]
         cells += [_cell(row["dice_per_class"][c], 3) for c in classes]
         cells += [_cell(row["foreground"]["hd95"], 1), _cell(row["foreground"]["asd"], 1)]
         cells += [_cell(row.get("other_dice", {"mean": None}), 3)]
+        cells += ["n/a" if refined is None else _cell(refined["dice"], 3)]
         cells += [_cell(row["train_minutes"], 1), "n/a" if share["mean"] is None else f"{100 * share['mean']:.0f} %"]
         lines.append("| " + " | ".join(cells) + " |")
+    refined_rows = {name: row["refined"] for name, row in table.items() if row.get("refined")}
+    if refined_rows:  # the refined output per class, and the gain over the same students alone
+        head = ["method (refined by the teacher)", "Dice (fg mean)", *[f"Dice {c}" for c in classes]]
+        head += ["gain (points)", "classes refined (seeds)", "s per image"]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, ref in refined_rows.items():
+            cells = [name, _cell(ref["dice"], 3), *[_cell(ref["dice_per_class"][c], 3) for c in classes]]
+            cells += [_cell(ref["gain_points"], 1), ", ".join(f"{c} {n}" for c, n in ref["refined_in_seeds"].items())]
+            cells += [_cell(ref["seconds_per_image"], 2)]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -230,6 +267,8 @@ class BenchmarkRunner:
         progress: tqdm bars in training, precompute and evaluation.
         configs_dir: where the protocols' YAML files are (default: the repository's ``configs/``).
         teacher: an already built teacher (default: built once from the first teacher-using run's config).
+        refine: also score every run's checkpoint refined by the teacher at test time
+            (:func:`~semisam.pseudolabel.refine.evaluate_refined`), supervised runs included (the control).
     """
 
     def __init__(
@@ -243,8 +282,10 @@ class BenchmarkRunner:
         progress: bool = True,
         configs_dir: Path = CONFIGS_DIR,
         teacher=None,
+        refine: bool = False,
     ) -> None:
         self.protocol, self.scale, self.methods, self.seeds = protocol, scale, list(methods), list(seeds)
+        self.refine = refine
         self.out_dir = Path(out_dir)
         self.overrides = list(overrides)
         self.progress = progress
@@ -295,9 +336,12 @@ class BenchmarkRunner:
     def prepare_teacher(self) -> None:
         """Build the teacher once and fill the shared cache (embeddings; priors if a method uses them)."""
         cfg, need_priors = self._teacher_config()
+        from semisam.teacher.engine import build_teacher
+
+        if self.refine:  # test-time refinement needs the teacher for every method (its embeddings come lazily)
+            self.teacher = self.teacher or build_teacher(self.configs[(self.methods[0].name, self.seeds[0])].teacher)
         if cfg is None:
             return
-        from semisam.teacher.engine import build_teacher
         from semisam.teacher.precompute import precompute
 
         self.teacher = self.teacher or build_teacher(cfg.teacher)
@@ -356,8 +400,8 @@ class BenchmarkRunner:
         if summary_path.exists() and record_path.exists():
             self._check_scored_config(cfg, run_dir)
             logger.info("%s seed %d: already scored, reading %s", method.name, seed, summary_path)
-            saved = json.loads(record_path.read_text())
-            return RunRecord(summary=json.loads(summary_path.read_text()), **saved)
+            saved = {k: v for k, v in json.loads(record_path.read_text()).items() if k != "refined"}
+            return self._refined(RunRecord(summary=json.loads(summary_path.read_text()), **saved))
         logger.info("%s seed %d: training in %s", method.name, seed, run_dir)
         resumed = (run_dir / "checkpoints" / "last.pt").exists()
         tic = time.perf_counter()
@@ -393,8 +437,9 @@ class BenchmarkRunner:
             checkpoint=result.selected,
             other_dice=other_summary["foreground_mean"]["dice"],
         )
-        saved = {k: v for k, v in asdict(record).items() if k != "summary"}
+        saved = {k: v for k, v in asdict(record).items() if k not in ("summary", "refined")}
         atomic_write_text(record_path, json.dumps(saved, indent=2))
+        record = self._refined(record)
         logger.info(
             "%s seed %d: test Dice %.4f with %s.pt (%s.pt: %.4f; best val at iteration %d)",
             method.name,
@@ -405,6 +450,20 @@ class BenchmarkRunner:
             record.other_dice,
             result.best_iteration,
         )
+        return record
+
+    def _refined(self, record: RunRecord) -> RunRecord:
+        """``record`` with its test-time refined evaluation (computed unless on disk), when the benchmark refines."""
+        path = Path(record.run_dir) / "eval_test_refined" / "summary.json"
+        if path.exists():
+            record.refined = json.loads(path.read_text())
+        elif self.refine:
+            from semisam.pseudolabel.refine import evaluate_refined
+
+            checkpoint = Path(record.run_dir) / "checkpoints" / f"{record.checkpoint}.pt"
+            logger.info("%s seed %d: refining the test predictions of %s", record.method, record.seed, checkpoint)
+            evaluate_refined(checkpoint, "test", progress=self.progress, teacher=self.teacher)
+            record.refined = json.loads(path.read_text())
         return record
 
     @staticmethod
@@ -456,7 +515,7 @@ class BenchmarkRunner:
             "git_commit": env["git_commit"],
             "teacher_cache": self.precompute_report,
             "table": table,
-            "runs": [{k: v for k, v in asdict(r).items() if k != "summary"} for r in records],
+            "runs": [{k: v for k, v in asdict(r).items() if k not in ("summary", "refined")} for r in records],
         }
         atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         trained_by = sorted({r.git_commit for r in records if r.git_commit} - {env["git_commit"]})

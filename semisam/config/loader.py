@@ -148,10 +148,10 @@ def unused_keys(cfg: RunConfig) -> list[str]:
     """The settings that cannot change what ``cfg`` trains, for comparing a run with another (a scored run read
     back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it, the
     pseudo-labels' when the method does not train on them, the mean teacher's and the pool's size when the method
-    is supervised."""
+    is supervised, and the test-time refinement's always."""
     data = config_to_dict(cfg)
     pseudo = cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
-    keys: list[str] = []
+    keys: list[str] = _flat_keys(OmegaConf.create(data["refine"]), "refine.")  # test-time only: never trains
     if not (pseudo or cfg.priors.enabled):
         keys += _flat_keys(OmegaConf.create(data["teacher"]), "teacher.")
     if not pseudo:

@@ -14,6 +14,7 @@ run resumes with the same number of processes, every rank loading ``last.pt``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from semisam import distributed
 from semisam.config.loader import config_differences, config_to_dict, save_config
-from semisam.config.schema import ConfigError, RunConfig
+from semisam.config.schema import ConfigError, RefineConfig, RunConfig
 from semisam.data.dataset import (
     IterationBatchSampler,
     SliceDataset,
@@ -68,6 +69,7 @@ RESUMABLE_DIFFERENCES = (
     "teacher.checkpoint_dir",
     "teacher.allow_download",
     "pseudo_labels.rounds",  # how many rounds follow does not change one round: a finished run can be extended
+    *(f"refine.{f.name}" for f in dataclasses.fields(RefineConfig)),  # test-time only
 )
 
 

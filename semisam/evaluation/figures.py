@@ -222,3 +222,58 @@ def save_metric_bar_figure(path: Path, summary: dict) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     logger.debug("wrote Dice bar figure %s", path)
+
+
+REFINEMENT_COLUMNS = ("image", "student", "refined", "uncertainty", "reference")
+
+
+def save_refinement_figure(
+    path: Path,
+    rows: Sequence[dict],
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    image_channels: int | None = None,
+) -> None:
+    """A PNG grid of test-time refinement, one row per case: image, student, refined, the teacher's uncertainty,
+    reference.
+
+    Args:
+        rows: per case a dict with ``image`` float (C, H, W), ``student`` / ``refined`` / ``reference`` integer
+            (H, W) label maps, ``uncertainty`` float (H, W) in [0, 1] and ``title`` (e.g. the case and its gain).
+        num_classes, class_names, image_channels: as :func:`save_prediction_figure`.
+
+    The student and refined panels carry their Dice against the reference.
+    """
+    if not rows:
+        raise ValueError("save_refinement_figure needs at least one case")
+    fg = [f"class_{c}" for c in range(1, num_classes)]
+    if class_names:
+        fg = [str(s) for s in (class_names[1:] if len(class_names) == num_classes else class_names)]
+    cols = len(REFINEMENT_COLUMNS)
+    width, height = cols * CELL_INCHES, len(rows) * CELL_INCHES + LEGEND_INCHES
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    grid = fig.add_gridspec(
+        len(rows), cols, left=0.01, right=0.99, top=1 - 0.4 / height, bottom=LEGEND_INCHES / height + 0.01,
+        hspace=0.25, wspace=0.03,
+    )  # fmt: skip
+    for i, row in enumerate(rows):
+        base = _display_image(row["image"], image_channels)
+        ref = np.asarray(row["reference"])
+        axes = [fig.add_subplot(grid[i, j]) for j in range(cols)]
+        axes[0].imshow(base, interpolation="nearest")
+        axes[0].set_title(str(row.get("title", "")), fontsize=8)
+        for ax, name in zip(axes[1:3], ("student", "refined"), strict=True):
+            pred = np.asarray(row[name])
+            ax.imshow(_overlay(base, pred, num_classes), interpolation="nearest")
+            text = f"{name}: {_dice_text(pred, ref, num_classes, fg)}"
+            ax.set_title(text, fontsize=7 if "\n" in text else 8)
+        shown = axes[3].imshow(np.asarray(row["uncertainty"]), cmap="magma", vmin=0.0, vmax=1.0)
+        axes[3].set_title("teacher uncertainty", fontsize=8)
+        fig.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.02)
+        axes[4].imshow(_overlay(base, ref, num_classes), interpolation="nearest")
+        axes[4].set_title("reference", fontsize=8)
+        for ax in axes:
+            ax.set_axis_off()
+    handles = [Patch(color=class_colour(c), label=fg[c - 1]) for c in range(1, num_classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    save_figure(fig, path)

@@ -58,6 +58,14 @@ def per_case_csv(summary: dict) -> str:
     return buf.getvalue()
 
 
+def write_summary(out_dir: Path, summary: dict) -> None:
+    """Write ``summary`` as ``out_dir/summary.json`` (atomically; NaN as ``null``), creating the folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_nan_to_none(summary), indent=2, allow_nan=False)
+    atomic_write_text(out_dir / SUMMARY_FILE, text + "\n")
+
+
 def write_report(out_dir: Path, acc: MetricAccumulator) -> dict:
     """Write ``summary.json`` and ``metrics_per_case.csv`` for the cases in ``acc`` into ``out_dir``.
 
@@ -69,10 +77,8 @@ def write_report(out_dir: Path, acc: MetricAccumulator) -> dict:
         the summary dict (:meth:`MetricAccumulator.summary`, NaN kept as float NaN in memory).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = acc.summary()
-    text = json.dumps(_nan_to_none(summary), indent=2, allow_nan=False)
-    atomic_write_text(out_dir / SUMMARY_FILE, text + "\n")
+    write_summary(out_dir, summary)
     atomic_write_text(out_dir / PER_CASE_FILE, per_case_csv(summary))
     logger.info("wrote %s and %s (%d cases) to %s", SUMMARY_FILE, PER_CASE_FILE, summary["num_cases"], out_dir)
     return summary

@@ -48,6 +48,7 @@ from semisam.pseudolabel.rectify import (
     evidence_from_model,
     fuse_classes,
     mean_and_uncertainty,
+    output_label,
     rectify,
     trust_decisions,
 )
@@ -61,6 +62,9 @@ from semisam.teacher.cache import CacheStore
 from semisam.utils import atomic_write_bytes
 
 logger = logging.getLogger("semisam")
+
+# what a trust calibration scores: the teacher's own certain pixels (pseudo-labels), or the whole output (refinement)
+CALIBRATION_SCOPES = ("teacher_pixels", "output")
 
 
 @dataclass
@@ -335,6 +339,9 @@ class PseudoLabeler:
         labels: Sequence[np.ndarray],
         seed: int,
         previous: dict[int, bool] | None = None,
+        scope: str = "teacher_pixels",
+        margin: float | None = None,
+        noise_sigmas: float | None = None,
     ) -> tuple[dict[int, bool], dict[str, float], float]:
         """Per-class trust from held-out labeled items (:func:`~semisam.pseudolabel.rectify.trust_decisions`), and
         the model's own foreground Dice there (the refresh's check that its prompts are worth decoding).
@@ -357,6 +364,8 @@ class PseudoLabeler:
             model's mean foreground Dice over all pixels of the items (NaN if no class occurs anywhere).
         """
         pl = self.cfg.pseudo_labels
+        if scope not in CALIBRATION_SCOPES:
+            raise ValueError(f"scope={scope!r} is not one of {', '.join(CALIBRATION_SCOPES)}")
         num_classes = self.cfg.data.num_classes
         everyone = dict.fromkeys(range(1, num_classes), True)
         counts: dict[str, dict[int, list[tuple[float, float, float]]]] = {"teacher": {}, "model": {}}
@@ -367,10 +376,15 @@ class PseudoLabeler:
             for k in everyone:
                 own_sets = [i for i, (prompt, _) in enumerate(sets) if prompt.class_index == k]
                 res = self._result(probs, [sets[i] for i in own_sets], [maps[i] for i in own_sets])
-                teacher_sure = res.rectified.source == SOURCE_TEACHER
-                own = teacher_sure & res.covered[k] if k in res.covered else np.zeros_like(teacher_sure)
+                if scope == "output":
+                    own = np.ones(ref.shape, dtype=bool)
+                    refined = output_label(res.rectified, probs)
+                else:
+                    teacher_sure = res.rectified.source == SOURCE_TEACHER
+                    own = teacher_sure & res.covered[k] if k in res.covered else np.zeros_like(teacher_sure)
+                    refined = res.rectified.label
                 truth = (ref == k) & own
-                for side, pred in (("teacher", res.rectified.label == k), ("model", model_label == k)):
+                for side, pred in (("teacher", refined == k), ("model", model_label == k)):
                     pred = pred & own
                     row = (float((pred & truth).sum()), float(pred.sum() + truth.sum()), float(own.sum()))
                     counts[side].setdefault(k, []).append(row)
@@ -381,7 +395,12 @@ class PseudoLabeler:
             for side, per in counts.items()
         }
         decisions = trust_decisions(
-            stats["teacher"], stats["model"], previous or everyone, pl.trust_margin, pl.trust_noise_sigmas, seed
+            stats["teacher"],
+            stats["model"],
+            everyone if previous is None else previous,
+            pl.trust_margin if margin is None else margin,
+            pl.trust_noise_sigmas if noise_sigmas is None else noise_sigmas,
+            seed,
         )
         names = self.cfg.data.class_names
         scalars: dict[str, float] = {}

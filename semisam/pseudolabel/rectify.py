@@ -230,6 +230,33 @@ def rectify(
     return Rectified(label, weight.astype(np.float32), teacher_uncertainty.astype(np.float32), source)
 
 
+def output_label(rectified: Rectified, model_probs: np.ndarray, student_classes: Sequence[int] = ()) -> np.ndarray:
+    """THE rule that turns a rectified label into an output (test-time refinement), per pixel:
+
+    1. where rectification kept the pixel (teacher certain, or model confident): the rectified label;
+    2. where it ignored the pixel (nobody sure): the student's argmax — an output has no "ignore";
+    3. the classes in ``student_classes`` (those the calibration left to the student) are exactly the student's:
+       every pixel the student labels with one of them keeps that label, and no other pixel gets one of them.
+
+    Args:
+        rectified: :func:`rectify`'s result for the image.
+        model_probs: float ``(K, H, W)`` softmax probabilities of the student.
+        student_classes: foreground classes whose masks are returned as the student predicted them.
+
+    Returns:
+        int64 ``(H, W)`` class indices.
+    """
+    model_probs = check_class_probabilities(model_probs, "model_probs")
+    student = model_probs.argmax(axis=0).astype(np.int64)
+    if rectified.label.shape != student.shape:
+        raise ValueError(f"rectified label {rectified.label.shape} does not match the model's {student.shape}")
+    out = np.where(rectified.source == SOURCE_IGNORED, student, rectified.label).astype(np.int64)
+    if len(student_classes):
+        kept = np.isin(student, list(student_classes)) | np.isin(out, list(student_classes))
+        out[kept] = student[kept]
+    return out
+
+
 def evidence_from_model(model_probs: np.ndarray, class_index: int) -> ClassEvidence:
     """A class's evidence from the model itself (for classes the teacher is not trusted with): ``mean`` = the
     model's probability of the class, ``uncertainty`` = its binary entropy in bits; both float32 ``(H, W)``.

@@ -207,3 +207,63 @@ def format_stage_rows(rows: list[dict]) -> str:
         cells += [f"{row['total']:.3f}", f"{row['masks']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def precision_agreement(
+    teachers: dict[str, SamTeacher],
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    boxes: Sequence[tuple[list[int], torch.Tensor]],
+) -> list[dict]:
+    """How much a teacher's precision changes what it returns, on labeled images prompted with label boxes.
+
+    Args:
+        teachers: the same model at several precisions, ``{name: teacher}``; the first is the reference (fp32).
+        images: float32 (C, H, W) in [0, 1]; labels: their int (H, W) label maps.
+        boxes: per image ``(classes, (N, 4) XYXY boxes)``, one box per class present
+            (:func:`~semisam.teacher.grid_analysis.label_boxes`).
+
+    Returns:
+        one row per teacher: ``embed_s_per_image`` (one image per call, after a warm-up), ``dice`` (mean over
+        boxes of the Dice of its mask with the boxed class) and ``dice_per_class``, and against the reference
+        teacher's masks ``mask_iou`` (mean IoU; 1 where both are empty) and ``embedding_rel_error`` (relative L2
+        norm of the embedding difference, mean over images).
+    """
+    rows, reference = [], None
+    for name, teacher in teachers.items():
+        teacher.embed(images[:1])  # warm-up
+        tic = time.perf_counter()
+        embeddings = torch.cat([teacher.embed([image]) for image in images]).float()
+        seconds = (time.perf_counter() - tic) / len(images)
+        masks = []
+        for i, (image, (_, image_boxes)) in enumerate(zip(images, boxes, strict=True)):
+            size = tuple(int(s) for s in image.shape[-2:])
+            result = teacher.decode_boxes(embeddings[i : i + 1], [image_boxes], [size], [teacher.input_size(size)])[0]
+            masks.append((result.logits > 0).cpu().numpy())
+        dice: dict[int, list[float]] = {}
+        for label, (classes, _), mask in zip(labels, boxes, masks, strict=True):
+            for c, m in zip(classes, mask, strict=True):
+                truth = np.asarray(label) == c
+                dice.setdefault(c, []).append(2 * float((m & truth).sum()) / max(1.0, float(m.sum() + truth.sum())))
+        row = {
+            "precision": name,
+            "images": len(images),
+            "boxes": sum(len(v) for v in dice.values()),
+            "embed_s_per_image": seconds,
+            "dice": float(np.mean([d for v in dice.values() for d in v])) if dice else float("nan"),
+            "dice_per_class": {c: float(np.mean(v)) for c, v in sorted(dice.items())},
+        }
+        if reference is None:
+            reference = (embeddings, masks)
+        else:
+            ref_emb, ref_masks = reference
+            diff = (embeddings - ref_emb).flatten(1).norm(dim=1) / ref_emb.flatten(1).norm(dim=1)
+            ious = []
+            for a_all, b_all in zip(ref_masks, masks, strict=True):
+                for a, b in zip(a_all, b_all, strict=True):
+                    union = float((a | b).sum())
+                    ious.append(1.0 if union == 0 else float((a & b).sum()) / union)
+            row["mask_iou"] = float(np.mean(ious)) if ious else float("nan")
+            row["embedding_rel_error"] = float(diff.mean())
+        rows.append(row)
+    return rows

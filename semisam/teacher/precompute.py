@@ -82,6 +82,16 @@ def embedding_splits(cfg: RunConfig) -> tuple[str, ...]:
     return (*TRAIN_SPLITS, "val") if uses_pseudo_labels else TRAIN_SPLITS
 
 
+def offline_pass(cfg: RunConfig, embeddings_only: bool = False, refine: bool = False) -> tuple[bool, tuple[str, ...]]:
+    """What ``tools/precompute.py`` computes for ``cfg``: ``(priors, embedding splits)``. Priors only when the
+    config's student takes them (``priors.enabled``) and not ``embeddings_only``; embeddings of
+    :func:`embedding_splits`, plus val and test with ``refine`` (test-time refinement decodes on them)."""
+    keep = embedding_splits(cfg)
+    if refine:
+        keep = tuple(dict.fromkeys([*keep, "val", "test"]))
+    return cfg.priors.enabled and not embeddings_only, keep
+
+
 @dataclass
 class PrecomputeReport:
     """What a precompute run did. ``quality`` has one row per image whose priors this run computed, ``summary``
@@ -102,23 +112,32 @@ class PrecomputeReport:
 
 def identity_of(teacher) -> dict:
     """Manifest identity of a built :class:`~semisam.teacher.engine.SamTeacher`."""
-    from semisam.teacher.engine import TEACHER_VERSION
+    from semisam.teacher.engine import DTYPE_NAMES, TEACHER_VERSION
 
     spec = teacher.spec
     return teacher_identity(
-        spec.kind, teacher.checkpoint_sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION
+        spec.kind,
+        teacher.checkpoint_sha256,
+        spec.preprocessing,
+        spec.encoder_size,
+        TEACHER_VERSION,
+        DTYPE_NAMES[teacher.dtype],
     )
 
 
 def identity_from_config(cfg: RunConfig) -> dict:
     """Manifest identity of the configured teacher without building it (hashes the checkpoint file only)."""
     from semisam.teacher.checkpoints import resolve_checkpoint
-    from semisam.teacher.engine import TEACHER_VERSION
+    from semisam.teacher.engine import DTYPE_NAMES, TEACHER_VERSION, teacher_dtype
     from semisam.teacher.models import get_spec
+    from semisam.utils import resolve_device
 
     spec = get_spec(cfg.teacher.kind)
     _, sha256 = resolve_checkpoint(cfg.teacher)
-    return teacher_identity(spec.kind, sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION)
+    dtype = teacher_dtype(cfg.teacher.precision, resolve_device(cfg.teacher.device))
+    return teacher_identity(
+        spec.kind, sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION, DTYPE_NAMES[dtype]
+    )
 
 
 def precompute_command(cfg_paths: Sequence[str] = ("<your config>",)) -> str:
