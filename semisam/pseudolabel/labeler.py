@@ -405,6 +405,7 @@ class PseudoLabeler:
         names = self.cfg.data.class_names
         scalars: dict[str, float] = {}
         lines = []
+        side, where = ("refined", "pixels") if scope == "output" else ("teacher", "teacher pixels")
         for k, d in decisions.items():
             name = names[k] if names else str(k)
             scalars[f"calibration/teacher_dice_{name}"] = d.teacher_dice
@@ -412,7 +413,7 @@ class PseudoLabeler:
             scalars[f"calibration/trust_band_{name}"] = d.band
             scalars[f"calibration/trusted_{name}"] = float(d.trusted)
             lines.append(
-                f"{name}: teacher {d.teacher_dice:.3f} vs model {d.model_dice:.3f} on {d.pixels} teacher pixels "
+                f"{name}: {side} {d.teacher_dice:.3f} vs model {d.model_dice:.3f} on {d.pixels} {where} "
                 f"(band {d.band:.3f}) -> {'teacher' if d.trusted else 'model'} ({d.reason})"
             )
         logger.info("trust calibration on %d held-out images: %s", len(items), "; ".join(lines))
