@@ -189,6 +189,17 @@ def test_a_refined_evaluation_reports_student_and_refined_side_by_side(phantom_r
         assert (tmp_path / "refined" / name).stat().st_size > 0
 
 
+def test_the_refined_classes_can_be_forced_for_an_ablation(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)
+    result = Trainer(cfg, progress=False).fit()
+    out = tmp_path / "forced"
+    summary = evaluate_refined(
+        result.checkpoint, "test", out, None, ["refine.classes=[2]"], progress=False, teacher=tiny_teacher
+    )
+    assert summary["refinement"]["trusted"] == {"1": False, "2": True, "3": False}
+    assert summary["refinement"]["calibration"]["images"] == 0  # not calibrated
+
+
 def test_refinement_needs_a_val_split_to_calibrate_on(phantom_root, tmp_path, tiny_teacher):
     from semisam.config.schema import ConfigError
 

@@ -369,6 +369,8 @@ class RefineConfig:
 
     calibration_images: int = 64
     trust_margin: float = 0.005  # Dice (0.005 = half a point)
+    # an ablation: refine exactly these foreground classes and skip the calibration (null: calibrate)
+    classes: list[int] | None = None
     trust_noise_sigmas: float = 2.0
     batch_size: int = 8  # images whose prompts go through the teacher's decoder together
 
@@ -526,6 +528,8 @@ def validate_config(cfg: RunConfig) -> None:
     _positive("refine.trust_noise_sigmas", r.trust_noise_sigmas, allow_zero=True)
     if not 0 <= r.trust_margin <= 1:
         raise ConfigError(f"refine.trust_margin={r.trust_margin} must be in [0, 1]")
+    if r.classes is not None and not all(1 <= k < d.num_classes for k in r.classes):
+        raise ConfigError(f"refine.classes={list(r.classes)} must be foreground classes 1..{d.num_classes - 1}")
 
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)
