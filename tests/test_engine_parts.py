@@ -11,9 +11,9 @@ from torch import nn
 
 from semisam.config.schema import ConfigError, ScheduleConfig
 from semisam.engine.ema import StudentEMA, ema_alpha
-from semisam.engine.losses import SupervisedLoss, WeightedDiceCELoss, consistency_loss
 from semisam.engine.optim import build_optimizer, build_scheduler
-from semisam.engine.ramps import consistency_weight, sigmoid_rampup
+from semisam.methods.losses import SupervisedLoss, WeightedDiceCELoss, consistency_loss
+from semisam.methods.ramps import consistency_weight, sigmoid_rampup
 
 EPS = 1e-5
 

@@ -10,7 +10,7 @@ import torch
 from semisam.config.loader import load_config
 from semisam.config.schema import ConfigError
 from semisam.engine.ema import StudentEMA
-from semisam.engine.methods import Method, build_method
+from semisam.methods import Method, build_method
 from semisam.student.unet import build_student
 
 from .conftest import REPO

@@ -16,9 +16,9 @@ from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
 from semisam.engine.checkpoint import load_checkpoint
-from semisam.engine.methods import SemiSAM
 from semisam.engine.run import train, uses_rounds
 from semisam.engine.trainer import Trainer
+from semisam.methods import SemiSAM
 from semisam.pseudolabel import rounds as rounds_module
 from semisam.pseudolabel.analysis import reliability_report
 from semisam.pseudolabel.reliability import (

@@ -17,8 +17,8 @@ from semisam.data.errors import DataError
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
-from semisam.engine.methods import SemiSAM, build_method
 from semisam.engine.trainer import Trainer
+from semisam.methods import SemiSAM, build_method
 from semisam.pseudolabel import labeler as pl_module
 from semisam.pseudolabel.refresh import PseudoLabelRefresher
 from semisam.student.unet import build_student

@@ -90,6 +90,14 @@ METHODS: dict[str, MethodVariant] = {
             "raw and augmented inputs, the more confident of the two predictions at test time",
         ),
         MethodVariant("mean_teacher", "mean_teacher", description="SSL4MIS mean teacher"),
+        MethodVariant("unimatch", "unimatch", description="UniMatch: weak-to-strong, CutMix, feature perturbation"),
+        MethodVariant(
+            "fixmatch",
+            "unimatch",
+            ("method.unimatch.strong_views=1", "method.unimatch.feature_perturbation=false"),
+            "FixMatch with CutMix: UniMatch with one strong view and no feature perturbation",
+        ),
+        MethodVariant("bcp", "bcp", description="bidirectional copy-paste with an EMA teacher"),
         MethodVariant(
             "semisam_priors",
             "semisam",
@@ -131,6 +139,19 @@ METHODS: dict[str, MethodVariant] = {
             "semisam",
             ("pseudo_labels.mode=rounds", "priors.enabled=true"),
             "self-training rounds + SAMAug priors as input channels",
+        ),
+        MethodVariant(
+            "semisam_unimatch",
+            "semisam",
+            ("method.backbone=unimatch", "pseudo_labels.mode=rounds", "priors.enabled=false"),
+            "self-training rounds on UniMatch: round 0 is UniMatch, round 1 UniMatch on the whole pool with the "
+            "teacher's rectified labels replacing its own on the selected images",
+        ),
+        MethodVariant(
+            "semisam_bcp",
+            "semisam",
+            ("method.backbone=bcp", "pseudo_labels.mode=rounds", "priors.enabled=false"),
+            "self-training rounds on BCP: round 0 is BCP, round 1 BCP with the teacher's labels on the selected images",
         ),
         MethodVariant("semisam", "semisam", description="semisam as configs/method/semisam.yaml sets it (the default)"),
     )

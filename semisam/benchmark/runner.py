@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from semisam.benchmark.protocols import CONFIGS_DIR, MethodVariant, Protocol, Scale
 from semisam.config.loader import config_differences, load_config, unused_keys
-from semisam.config.schema import ConfigError, RunConfig
+from semisam.config.schema import ConfigError, RunConfig, trains_on_pseudo_labels, uses_rounds
 from semisam.evaluation.figures import save_figure
 from semisam.utils import atomic_write_text
 from semisam.version import environment_info
@@ -96,10 +96,6 @@ def _pool_size(cfg: RunConfig) -> float:
     """How many unlabeled cases the split takes from the pool (``inf``: all of them)."""
     count = cfg.data.split.unlabeled_count
     return math.inf if count is None else count
-
-
-def _trains_on_pseudo_labels(cfg: RunConfig) -> bool:
-    return cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
 
 
 def run_dir_of(out_dir: Path, method: str, seed: int) -> Path:
@@ -301,10 +297,10 @@ class BenchmarkRunner:
 
     def _share_round0(self) -> dict[tuple[str, int], str]:
         """Self-training runs whose round 0 is exactly another method's run of the same seed (``supervised`` for
-        rounds without priors, ``supervised_priors`` with them): that run's checkpoint stands for their round 0
-        (``pseudo_labels.round0_checkpoint``), so each seed trains it once. Returns ``{(method, seed): provider}``."""
+        rounds without priors, ``supervised_priors`` with them, the backbone's own run for rounds on a backbone):
+        that run's checkpoint stands for their round 0 (``pseudo_labels.round0_checkpoint``), so each seed trains
+        it once. Returns ``{(method, seed): provider}``."""
         from semisam.config.loader import config_to_dict
-        from semisam.engine.run import uses_rounds
         from semisam.pseudolabel.rounds import round0_ignored_keys, round_config
 
         providers = {}
@@ -313,7 +309,7 @@ class BenchmarkRunner:
                 continue
             for other in self.methods:
                 other_cfg = self.configs[(other.name, seed)]
-                if uses_rounds(other_cfg) or other_cfg.method.name != "supervised":
+                if uses_rounds(other_cfg):
                     continue
                 diff = config_differences(round_config(cfg, 0), config_to_dict(other_cfg), round0_ignored_keys(cfg))
                 if not diff:
@@ -326,7 +322,7 @@ class BenchmarkRunner:
     def _teacher_config(self) -> tuple[RunConfig | None, bool]:
         """The config to precompute with (a teacher-using run's) and whether priors are needed."""
         cfgs = [self.configs[(m.name, self.seeds[0])] for m in self.methods]
-        users = [c for c in cfgs if c.priors.enabled or _trains_on_pseudo_labels(c)]
+        users = [c for c in cfgs if c.priors.enabled or trains_on_pseudo_labels(c)]
         if not users:
             return None, False
         need_priors = any(c.priors.enabled for c in cfgs)
@@ -346,7 +342,7 @@ class BenchmarkRunner:
 
         self.teacher = self.teacher or build_teacher(cfg.teacher)
         cfgs = [self.configs[(m.name, self.seeds[0])] for m in self.methods]
-        pseudo = any(_trains_on_pseudo_labels(c) for c in cfgs)
+        pseudo = any(trains_on_pseudo_labels(c) for c in cfgs)
         keep = ("unlabeled", "val") if pseudo else None
         # priors of every image a student with priors sees; the pool's only if such a student trains on it.
         # Embeddings of the pool and val (the calibration) if a run trains on pseudo-labels, priors or not.
@@ -359,7 +355,7 @@ class BenchmarkRunner:
                 (cfg, ("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test"), True)
             )
         if pseudo:
-            widest = max((c for c in cfgs if _trains_on_pseudo_labels(c)), key=_pool_size)
+            widest = max((c for c in cfgs if trains_on_pseudo_labels(c)), key=_pool_size)
             if not pool_priors or _pool_size(widest) > _pool_size(cfg):
                 passes.append((widest, ("unlabeled", "val"), False))
         reports = [

@@ -30,7 +30,7 @@ from semisam.data.dataset import expand_to_slices
 from semisam.data.memory import SliceStore
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
-from semisam.engine.losses import SupervisedLoss
+from semisam.methods.losses import SupervisedLoss
 from semisam.student.unet import build_student
 
 

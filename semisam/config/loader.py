@@ -20,7 +20,13 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from semisam.config.schema import ConfigError, RunConfig, validate_config
+from semisam.config.schema import (
+    ConfigError,
+    RunConfig,
+    reads_method_keys,
+    trains_on_pseudo_labels,
+    validate_config,
+)
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
@@ -141,21 +147,25 @@ def _flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-_MEAN_TEACHER_KEYS = ("ema_decay", "consistency_weight", "consistency_rampup", "ema_input_noise", "forward")
-
-
 def unused_keys(cfg: RunConfig) -> list[str]:
     """The settings that cannot change what ``cfg`` trains, for comparing a run with another (a scored run read
     back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it, the
-    pseudo-labels' when the method does not train on them, the mean teacher's and the pool's size when the method
-    is supervised, and the test-time refinement's always."""
+    pseudo-labels' when the method does not train on them, the ``method.*`` keys its method does not read
+    (:func:`~semisam.config.schema.reads_method_keys`), the pool's size when the method is supervised, and the
+    test-time refinement's always."""
     data = config_to_dict(cfg)
-    pseudo = cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+    pseudo = trains_on_pseudo_labels(cfg)
     keys: list[str] = _flat_keys(OmegaConf.create(data["refine"]), "refine.")  # test-time only: never trains
     if not (pseudo or cfg.priors.enabled):
         keys += _flat_keys(OmegaConf.create(data["teacher"]), "teacher.")
     if not pseudo:
         keys += _flat_keys(OmegaConf.create(data["pseudo_labels"]), "pseudo_labels.")
+    read = reads_method_keys(cfg)
+    for key, value in data["method"].items():
+        if key not in read:
+            keys += (
+                _flat_keys(OmegaConf.create(value), f"method.{key}.") if isinstance(value, dict) else [f"method.{key}"]
+            )
     if cfg.method.name == "supervised":  # nor does it read the unlabeled pool
-        keys += [f"method.{k}" for k in _MEAN_TEACHER_KEYS] + ["data.split.unlabeled_count"]
+        keys.append("data.split.unlabeled_count")
     return keys

@@ -18,8 +18,11 @@ STUDENT_ARCHS = ("basic_unet", "res_unet", "timm_unet")
 STUDENT_NORMS = ("batch", "instance")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("poly", "cosine", "constant")
-METHODS = ("supervised", "mean_teacher", "semisam")
-STUDENT_FORWARDS = ("joint", "separate")
+# Training methods (their losses: semisam/methods/, one module each, registered in semisam/methods/__init__.py).
+METHODS = ("supervised", "mean_teacher", "unimatch", "bcp", "semisam")
+# The semi-supervised methods semisam's teacher labels can join (method.backbone).
+SEMISAM_BACKBONES = ("mean_teacher", "unimatch", "bcp")
+STUDENT_FORWARDS = ("auto", "joint", "separate")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 INFERENCE_MODES = ("resize", "sliding_window")
 CHECKPOINT_CHOICES = ("last", "best")
@@ -164,21 +167,69 @@ class ScheduleConfig:
 
 
 @dataclass
+class UniMatchConfig:
+    """UniMatch (Yang et al. 2023, medical version), and FixMatch as its special case (``strong_views: 1``,
+    ``feature_perturbation: false``).
+
+    The weak view's prediction gives hard pseudo-labels, kept where its confidence is at least ``confidence``
+    (the rest ignored); ``strong_views`` strongly augmented views, each CutMixed (with probability ``cutmix_prob``)
+    with another image of the batch and its pseudo-label, and (``feature_perturbation``) the weak view decoded
+    from encoder features under Dropout2d(``feature_dropout``) learn them with a Dice loss. The loss is
+    ``(L_x + fp_weight * L_fp + (1 - fp_weight) * mean_s L_s) / 2`` (UniMatch: ``(L_x + 0.25 L_s1 + 0.25 L_s2
+    + 0.5 L_fp) / 2``; without the feature pass ``fp_weight`` is not used and the strong views share all of it).
+    """
+
+    confidence: float = 0.95
+    strong_views: int = 2
+    feature_perturbation: bool = True
+    feature_dropout: float = 0.5
+    fp_weight: float = 0.5
+    cutmix_prob: float = 0.5
+    cutmix_area: list[float] = field(default_factory=lambda: [0.02, 0.4])  # box area, fraction of the image
+    cutmix_aspect: list[float] = field(default_factory=lambda: [0.3, 1 / 0.3])  # box height / width
+
+
+@dataclass
+class BCPConfig:
+    """Bidirectional copy-paste (Bai et al. 2023).
+
+    The first ``pretrain_fraction`` of the run trains on labeled pairs mixed by copy-paste (a square of
+    ``square_fraction`` of each side from one labeled image pasted into another, its label with it); then the EMA
+    model is reset to the student and, on every step, pseudo-labels two halves of the unlabeled batch (argmax,
+    with ``largest_component`` only the largest connected component of each class, BCP's "nms"). Two inputs are
+    made: an unlabeled image with a labeled square pasted in, and a labeled image with an unlabeled square. Each
+    pixel is supervised by its source: Dice + CE towards the label (weight 1) or the pseudo-label
+    (``unlabeled_weight``). BCP pre-trains 10k and self-trains 30k iterations: 0.25 of the whole.
+    """
+
+    pretrain_fraction: float = 0.25
+    square_fraction: float = 2 / 3
+    unlabeled_weight: float = 0.5
+    largest_component: bool = True
+
+
+@dataclass
 class MethodConfig:
     """Which semi-supervised method trains the student, and its weights and ramps."""
 
     name: str = "supervised"
+    # semisam only: the semi-supervised method whose own pseudo-labels the teacher's trusted ones join
+    # (mean_teacher: the teacher's labels are an extra loss beside the consistency term; unimatch, bcp: they replace
+    # the method's own pseudo-labels wherever the rectification kept them)
+    backbone: str = "mean_teacher"
     ema_decay: float = 0.99
     consistency_weight: float = 0.1  # final weight of the mean-teacher consistency term
     consistency_rampup: float = 1.0  # fraction of the run over which the weight ramps up (exp(-5(1-t)^2))
     ema_input_noise: float = 0.1  # std of the Gaussian noise on the EMA model's input (clamped at 2 std)
     # How the student sees a labeled and an unlabeled batch. separate: one pass each, so batch norm normalises
-    # each batch with its own statistics. joint: one pass over both (SSL4MIS), sharing the statistics; at the
-    # cpu scale on ACDC-3 the mean teacher validated at 0.39 and 0.43 Dice after 250 and 500 steps with joint
-    # passes, 0.52 and 0.59 with separate ones (docs/RESULTS.md).
-    forward: str = "separate"
+    # each batch with its own statistics. joint: one pass over both (SSL4MIS), sharing the statistics. auto: joint
+    # when the student has no batch norm (the two are then the same computation, one pass is cheaper), else
+    # separate (joint passes validated lower on ACDC-3 with batch norm, docs/RESULTS.md).
+    forward: str = "auto"
     dice_weight: float = 0.5  # supervised loss = dice_weight * Dice + ce_weight * CE
     ce_weight: float = 0.5
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
+    bcp: BCPConfig = field(default_factory=BCPConfig)
 
 
 @dataclass
@@ -398,6 +449,32 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key."""
 
 
+def trains_on_pseudo_labels(cfg: RunConfig) -> bool:
+    """Whether the run learns from the teacher's pseudo-labels (method semisam with pseudo_labels.enabled)."""
+    return cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+
+
+def uses_rounds(cfg: RunConfig) -> bool:
+    """Whether the run trains in self-training rounds (pseudo-labels in ``mode: rounds``)."""
+    return trains_on_pseudo_labels(cfg) and cfg.pseudo_labels.mode == "rounds"
+
+
+def reads_method_keys(cfg: RunConfig) -> set[str]:
+    """The ``method.*`` sections and keys the run's method reads (the others cannot change what it trains)."""
+    m = cfg.method
+    used = {m.name, m.backbone} if m.name == "semisam" else {m.name}
+    keys = {"name", "dice_weight", "ce_weight"}
+    if m.name == "semisam":
+        keys.add("backbone")
+    if used & {"mean_teacher", "semisam"} and not (m.name == "semisam" and m.backbone != "mean_teacher"):
+        keys |= {"ema_decay", "consistency_weight", "consistency_rampup", "ema_input_noise", "forward"}
+    if "unimatch" in used:
+        keys |= {"unimatch", "forward"}
+    if "bcp" in used:
+        keys |= {"bcp", "ema_decay"}
+    return keys
+
+
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
@@ -466,8 +543,31 @@ def validate_config(cfg: RunConfig) -> None:
     if m.name != "supervised" and sc.unlabeled_batch_size == 0:
         raise ConfigError(f"method.name={m.name} needs schedule.unlabeled_batch_size > 0")
     _choice("method.forward", m.forward, STUDENT_FORWARDS)
+    _choice("method.backbone", m.backbone, SEMISAM_BACKBONES)
     if not 0 < m.consistency_rampup <= 1:
         raise ConfigError(f"method.consistency_rampup={m.consistency_rampup} must be in (0, 1]")
+    um = m.unimatch
+    for key in ("confidence", "feature_dropout", "fp_weight", "cutmix_prob"):
+        if not 0 <= getattr(um, key) <= 1:
+            raise ConfigError(f"method.unimatch.{key}={getattr(um, key)} must be in [0, 1]")
+    if um.strong_views not in (1, 2):
+        raise ConfigError(f"method.unimatch.strong_views={um.strong_views} must be 1 (FixMatch) or 2 (UniMatch)")
+    area, aspect = list(um.cutmix_area), list(um.cutmix_aspect)
+    if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+        raise ConfigError(f"method.unimatch.cutmix_area={list(um.cutmix_area)} must be [low, high] in (0, 1]")
+    if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+        raise ConfigError(f"method.unimatch.cutmix_aspect={list(um.cutmix_aspect)} must be [low, high], 0 < low")
+    b = m.bcp
+    if not 0 <= b.pretrain_fraction < 1:
+        raise ConfigError(f"method.bcp.pretrain_fraction={b.pretrain_fraction} must be in [0, 1)")
+    if not 0 < b.square_fraction < 1:
+        raise ConfigError(f"method.bcp.square_fraction={b.square_fraction} must be in (0, 1)")
+    if b.unlabeled_weight < 0:
+        raise ConfigError(f"method.bcp.unlabeled_weight={b.unlabeled_weight} must be >= 0")
+    if "bcp" in (m.name, m.backbone if m.name == "semisam" else None) and (
+        sc.batch_size < 2 or sc.unlabeled_batch_size < 2
+    ):
+        raise ConfigError("method bcp pairs the images of a batch: schedule.batch_size and unlabeled_batch_size >= 2")
 
     t = cfg.teacher
     _choice("teacher.kind", t.kind, TEACHER_KINDS)

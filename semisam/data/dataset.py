@@ -168,8 +168,11 @@ class SliceDataset(Dataset):
     augmented; otherwise each sample is read from disk, augmented at its native size and then resized. Training
     samples (``train``) get the weak pipeline: spatial transforms applied jointly to every map, then the
     brightness/contrast jitter ``cfg.augmentation.weak_brightness_contrast`` on the image channels.
-    ``strong`` adds ``strong_image``: float32 (C, H, W), the same weakly augmented ``image`` with photometric
-    augmentation of its channels on top (the student's view; ``image`` stays the weak view for the EMA model).
+    ``strong`` (a count, 0 to 2) adds ``strong_image`` (and ``strong_image_2``): float32 (C, H, W), the same
+    weakly augmented ``image`` with independent draws of photometric augmentation of its channels on top (the
+    student's views; ``image`` stays the weak view). With a ``bank``, a sample also carries its ``pseudo_label``
+    (H, W) int64, ``weight`` and ``uncertainty`` (H, W) float32 and ``pseudo_source`` (H, W) int64 (0 ignored,
+    1 teacher, 2 model), all zeros while the item has no entry.
     A labeled dataset checks its cases at construction (:func:`check_labeled_cases`): labels exist and not all
     of them are background.
     """
@@ -181,7 +184,7 @@ class SliceDataset(Dataset):
         cfg: DataConfig,
         labeled: bool,
         train: bool = True,
-        strong: bool = False,
+        strong: int = 0,
         priors: PriorSource | None = None,
         bank: PseudoLabelSource | None = None,
         store: SliceStore | None = None,
@@ -211,6 +214,9 @@ class SliceDataset(Dataset):
         # maps in the store are already at the training size: no resize in the pipeline
         self.spatial = build_spatial_transform(cfg, train, resize=store is None)
         self.intensity = build_intensity_transform(cfg.augmentation) if train else None
+        if not 0 <= int(strong) <= 2:
+            raise ValueError(f"strong={strong}: a sample carries 0, 1 or 2 strong views")
+        self.strong_views = int(strong)
         self.photometric = build_photometric_transform(cfg.augmentation) if strong else None
 
     def __len__(self) -> int:
@@ -224,17 +230,20 @@ class SliceDataset(Dataset):
                 "pseudo_label": np.zeros(shape, np.int64),
                 "weight": np.zeros(shape, np.float32),
                 "uncertainty": np.zeros(shape, np.float32),
+                "pseudo_source": np.zeros(shape, np.int64),
             }
         maps = {
             "pseudo_label": entry.label.astype(np.int64),
             "weight": entry.weight.astype(np.float32),
             "uncertainty": entry.uncertainty.astype(np.float32),
+            "pseudo_source": entry.source.astype(np.int64),
         }
         if maps["weight"].shape != shape:  # the bank is at native size, the store at the training size
             maps = {
                 "pseudo_label": resize_maps(maps["pseudo_label"], shape, nearest=True),
                 "weight": resize_maps(maps["weight"], shape, nearest=True),
                 "uncertainty": resize_maps(maps["uncertainty"], shape),
+                "pseudo_source": resize_maps(maps["pseudo_source"], shape, nearest=True),
             }
         return maps
 
@@ -266,13 +275,14 @@ class SliceDataset(Dataset):
             "slice_index": slice_index,
             "index": index,
         }
-        if self.photometric is not None:
-            strong = apply_photometric(self.photometric, image, None if seed is None else seed + 1)
-            sample["strong_image"] = torch.from_numpy(np.ascontiguousarray(strong, dtype=np.float32))
+        for view in range(self.strong_views):  # seeds seed + 1 (the first view, as always) and seed + 3
+            strong = apply_photometric(self.photometric, image, None if seed is None else seed + 1 + 2 * view)
+            key = "strong_image" if view == 0 else f"strong_image_{view + 1}"
+            sample[key] = torch.from_numpy(np.ascontiguousarray(strong, dtype=np.float32))
         if self.labeled:
             sample["label"] = torch.from_numpy(disc["label"].astype(np.int64))
         if self.bank is not None:
-            for key in ("pseudo_label", "weight", "uncertainty"):
+            for key in ("pseudo_label", "weight", "uncertainty", "pseudo_source"):
                 sample[key] = torch.from_numpy(np.ascontiguousarray(disc[key]))
         if self.with_priors:
             sample["priors"] = torch.from_numpy(np.ascontiguousarray(cont["priors"], dtype=np.float32))

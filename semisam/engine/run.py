@@ -7,14 +7,10 @@
 
 from __future__ import annotations
 
-from semisam.config.schema import RunConfig
+from semisam.config.schema import RunConfig, uses_rounds
 from semisam.engine.trainer import Trainer, TrainResult
 
-
-def uses_rounds(cfg: RunConfig) -> bool:
-    """Whether ``cfg`` trains in self-training rounds."""
-    pl = cfg.pseudo_labels
-    return cfg.method.name == "semisam" and pl.enabled and pl.mode == "rounds"
+__all__ = ["train", "uses_rounds"]
 
 
 def train(cfg: RunConfig, progress: bool = True, teacher=None) -> TrainResult:

@@ -1,6 +1,6 @@
 """The training loop: batches in, optimiser steps, EMA, validation, checkpoints, records.
 
-The loss of each method lives in :mod:`semisam.engine.methods`; data, student, optimiser and evaluation are
+The loss of each method lives in :mod:`semisam.methods`; data, student, optimiser and evaluation are
 built by their own modules. A run directory holds ``config.yaml``, ``environment.json``,
 ``checkpoints/{last,best}.pt``, ``tensorboard/`` and ``metrics.csv``. If ``checkpoints/last.pt`` exists, the
 run resumes from it (same config required), with model, EMA, optimiser, scheduler, scaler, RNG state and data
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from semisam import distributed
 from semisam.config.loader import config_differences, config_to_dict, save_config
-from semisam.config.schema import ConfigError, RefineConfig, RunConfig
+from semisam.config.schema import ConfigError, RefineConfig, RunConfig, trains_on_pseudo_labels, uses_rounds
 from semisam.data.dataset import (
     IterationBatchSampler,
     SliceDataset,
@@ -48,10 +48,10 @@ from semisam.engine.checkpoint import (
     save_checkpoint,
 )
 from semisam.engine.ema import StudentEMA
-from semisam.engine.methods import build_method
 from semisam.engine.optim import build_optimizer, build_scheduler
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.evaluation.inference import evaluate_cases
+from semisam.methods import build_method
 from semisam.student.unet import build_student
 from semisam.utils import atomic_write_text, autocast_dtype, resolve_device, seed_everything
 from semisam.version import environment_info
@@ -130,7 +130,7 @@ class Trainer:
             unlabeled_cases = sorted({case for case, _ in self.unlabeled_items})  # none for a supervised run
             self.priors = open_prior_store(cfg, [*self.split.labeled, *unlabeled_cases, *self.split.val])
         self.refresher = None
-        if cfg.method.name == "semisam" and cfg.pseudo_labels.enabled and cfg.pseudo_labels.mode == "rounds":
+        if uses_rounds(cfg):
             if round_data is None:
                 raise ConfigError(
                     "pseudo_labels.mode=rounds is run by semisam.engine.run.train (tools/train.py), which trains "
@@ -138,7 +138,7 @@ class Trainer:
                 )
             self.refresher = round_data
             self.method.bank_source = round_data
-        elif cfg.method.name == "semisam" and cfg.pseudo_labels.enabled:
+        elif trains_on_pseudo_labels(cfg):
             from semisam.pseudolabel.refresh import PseudoLabelRefresher
 
             self.refresher = PseudoLabelRefresher(
@@ -249,7 +249,7 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
         bank = self.refresher.bank if (self.refresher is not None and not labeled) else None
-        strong = not labeled and getattr(self.method, "strong_unlabeled", False)  # the student's strong view
+        strong = 0 if labeled else self.method.strong_views()  # the views the method asks for
         dataset = SliceDataset(
             self.reader,
             items,
@@ -336,7 +336,7 @@ class Trainer:
             while self.iteration < end:
                 if self.refresher is not None and self.refresher.is_due(self.iteration):
                     if self.refresher.bank.iteration != self.iteration:  # not already done before a restart
-                        self.refresher.refresh(self.ema.module, self.iteration, log)
+                        self.refresher.refresh(self._prompting_model(), self.iteration, log)
                     unlabeled_batches = iter(  # workers must see the new bank
                         self._loader(self.unlabeled_items, False, sc.unlabeled_batch_size, 1)
                     )
@@ -384,9 +384,14 @@ class Trainer:
         if self.priors is not None:
             raw = self.cfg.priors.alternate and self.iteration % 2 == 1
             batch["raw_image"] = batch["image"]
-            for key in ("image", "strong_image") if "strong_image" in batch else ("image",):
+            for key in [k for k in ("image", "strong_image", "strong_image_2") if k in batch]:
                 batch[key] = fuse_priors(batch[key], None if raw else batch["priors"], self.cfg.priors.fusion)
         return batch
+
+    def _prompting_model(self) -> torch.nn.Module:
+        """The model whose predictions prompt the teacher at a refresh: the EMA model, or the student itself for
+        methods without one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -458,12 +463,12 @@ class Trainer:
         if "unlabeled_image" in preview:
             rows, names = [to_rgb(preview["unlabeled_image"])], ["image"]
             if "unlabeled_pseudo_label" in preview:
-                rows += [
-                    colorize(preview["unlabeled_pseudo_label"]),
-                    preview["unlabeled_uncertainty"][:, None].float().clamp(0, 1).expand(-1, 3, -1, -1),
-                    preview["unlabeled_weight"][:, None].float().expand(-1, 3, -1, -1),
-                ]
-                names += ["pseudo-label", "uncertainty", "kept"]
+                rows.append(colorize(preview["unlabeled_pseudo_label"]))
+                names.append("pseudo-label")
+            for key, name in (("unlabeled_uncertainty", "uncertainty"), ("unlabeled_weight", "kept")):
+                if key in preview:
+                    rows.append(preview[key][:, None].float().clamp(0, 1).expand(-1, 3, -1, -1))
+                    names.append(name)
             rows.append(colorize(preview["unlabeled_pred"]))
             names.append("prediction")
             log.image_grid(f"train/unlabeled ({' | '.join(names)})", iteration, rows)

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from semisam.config.loader import config_differences, config_from_dict, config_to_dict, save_config, unused_keys
-from semisam.config.schema import ConfigError, RunConfig
+from semisam.config.schema import ConfigError, MethodConfig, RunConfig, uses_rounds
 from semisam.data.dataset import CaseLoader, Item, expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
@@ -94,21 +94,33 @@ class RoundData:
         """Nothing to restore: the bank is the round's, from its start."""
 
 
+def trains_on_pool(cfg: RunConfig) -> bool:
+    """Whether a round after round 0 trains on the whole unlabeled pool (the backbone's consistency teaching the
+    images the selection left out, the teacher's labels joining on the selected ones) or only on the selected
+    pseudo-labeled images (the mean-teacher backbone, whose rounds train without consistency)."""
+    return cfg.method.backbone != "mean_teacher"
+
+
 def round_config(cfg: RunConfig, index: int) -> RunConfig:
-    """The config of round ``index`` of a ``rounds`` run: round 0 is a supervised run; a later round is a
-    ``semisam`` run of ``round_iterations`` x the iterations (warm-up scaled alike) without consistency term."""
+    """The config of round ``index`` of a ``rounds`` run. Round 0 is a run of the backbone alone (``supervised``
+    for the mean-teacher backbone); a later round is a ``semisam`` run of ``round_iterations`` x the iterations
+    (warm-up scaled alike), without consistency term for the mean-teacher backbone."""
     run_dir = Path(cfg.output_dir)
     data = config_to_dict(cfg)
     data["output_dir"] = str(run_dir / f"round_{index}")
     data["pseudo_labels"]["round0_checkpoint"] = None
+    backbone = cfg.method.backbone
     if index == 0:
-        data["method"]["name"] = "supervised"
+        data["method"]["name"] = "supervised" if backbone == "mean_teacher" else backbone
+        data["method"]["backbone"] = MethodConfig.backbone  # the default: the backbone run itself reads none
     else:
         sched = data["schedule"]
         scale = cfg.pseudo_labels.round_iterations
         sched["iterations"] = max(1, round(scale * cfg.schedule.iterations))
         sched["warmup_iterations"] = min(round(scale * cfg.schedule.warmup_iterations), sched["iterations"] - 1)
-        data["method"]["consistency_weight"] = 0.0
+        if backbone == "mean_teacher":
+            data["method"]["consistency_weight"] = 0.0
+        data["method"]["bcp"]["pretrain_fraction"] = 0.0  # a later round starts from a trained student
     return config_from_dict(data)
 
 
@@ -136,8 +148,7 @@ class SelfTraining:
     """
 
     def __init__(self, cfg: RunConfig, progress: bool = True, teacher=None) -> None:
-        pl = cfg.pseudo_labels
-        if cfg.method.name != "semisam" or not pl.enabled or pl.mode != "rounds":
+        if not uses_rounds(cfg):
             raise ConfigError("self-training rounds need method.name=semisam, pseudo_labels.enabled and mode=rounds")
         from semisam import distributed
 
@@ -216,9 +227,9 @@ class SelfTraining:
         selection_path, bank_path = round_dir / "selection.json", round_dir / "bank.npz"
         if selection_path.exists() and bank_path.exists():
             selection = json.loads(selection_path.read_text())
-            items = [(str(c), int(k)) for c, k in selection["items"]]
+            items = [(str(c), int(k)) for c, k in selection.get("train_items", selection["items"])]
             bank = PseudoLabelBank.load(bank_path)
-            logger.info("%s: bank of %d selected images restored", round_dir.name, len(items))
+            logger.info("%s: bank of %d selected images restored", round_dir.name, len(bank.entries))
             return items, bank
         from semisam.data.fusion import student_in_channels
         from semisam.engine.checkpoint import load_checkpoint, load_model_weights
@@ -262,7 +273,10 @@ class SelfTraining:
         chosen = select_reliable(scores, pl.select_fraction)
         items = [pool[i] for i in chosen]
         bank = PseudoLabelBank(iteration=0, trusted=dict(trusted), first_iteration=0)
-        bank.entries = {j: BankEntry.from_rectified(results[i].rectified) for j, i in enumerate(chosen)}
+        # entries keyed by position in the items the round trains on: the pool, or the selected images alone
+        train_items = pool if trains_on_pool(cfg) else items
+        keys = chosen if trains_on_pool(cfg) else range(len(chosen))
+        bank.entries = {j: BankEntry.from_rectified(results[i].rectified) for j, i in zip(keys, chosen, strict=True)}
         round_dir.mkdir(parents=True, exist_ok=True)
         write_reliability_csv(round_dir / "reliability.csv", pool, results, scores, set(chosen))
         save_selection_figure(round_dir / "pseudo_labels.png", loader, pool, results, scores, cfg)
@@ -277,6 +291,7 @@ class SelfTraining:
             "trusted": {str(k): v for k, v in trusted.items()},
             "refresh": stats.scalars(),
             "items": [[c, k] for c, k in items],
+            "train_items": [[c, k] for c, k in train_items],
         }
         atomic_write_text(selection_path, json.dumps(selection, indent=2))  # last: its presence means done
         logger.info(
@@ -288,7 +303,7 @@ class SelfTraining:
             selection["score_threshold"],
             100 * float(np.mean([(e.weight == 0).mean() for e in bank.entries.values()])) if items else 0.0,
         )
-        return items, bank
+        return train_items, bank
 
 
 def write_reliability_csv(

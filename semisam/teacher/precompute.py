@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semisam import distributed
-from semisam.config.schema import RunConfig
+from semisam.config.schema import RunConfig, trains_on_pseudo_labels
 from semisam.data.dataset import CaseLoader
 from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
@@ -78,7 +78,7 @@ class ImageQuality:
 def embedding_splits(cfg: RunConfig) -> tuple[str, ...]:
     """The splits whose embeddings are kept: training cases, and the val cases the pseudo-label refreshes
     calibrate on when ``cfg`` trains on pseudo-labels."""
-    uses_pseudo_labels = cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+    uses_pseudo_labels = trains_on_pseudo_labels(cfg)
     return (*TRAIN_SPLITS, "val") if uses_pseudo_labels else TRAIN_SPLITS
 
 
