@@ -11,6 +11,7 @@ from semisam.config.loader import load_config
 from semisam.config.schema import ConfigError
 from semisam.engine.ema import StudentEMA
 from semisam.methods import Method, build_method
+from semisam.methods.base import joint_forward
 from semisam.student.unet import build_student
 
 from .conftest import REPO
@@ -32,8 +33,10 @@ def _batches(num_classes):
     return labeled, unlabeled
 
 
-def test_default_is_separate_passes():
-    assert _cfg().method.forward == "separate"
+def test_default_is_separate_passes_for_a_batch_norm_student():
+    cfg = _cfg()
+    assert cfg.method.forward == "auto"
+    assert not joint_forward(build_student(cfg.student, 1, cfg.data.num_classes), cfg.method.forward)
     with pytest.raises(ConfigError, match="method.forward"):
         _cfg("method.forward=both")
 
@@ -87,7 +90,7 @@ class RecordingModel(torch.nn.Module):
 def test_student_sees_the_strong_view_and_the_ema_the_weak_one(strong):
     cfg = _semisam(f"pseudo_labels.strong_augmentation={strong}", "method.ema_input_noise=0")
     method = build_method(cfg)
-    assert method.strong_unlabeled == strong
+    assert method.strong_views() == int(strong)
     labeled, unlabeled = _batches(cfg.data.num_classes)
     unlabeled["strong_image"] = unlabeled["image"] + 1.0
     unlabeled["pseudo_label"] = torch.zeros(2, 32, 32, dtype=torch.int64)

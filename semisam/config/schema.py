@@ -23,6 +23,7 @@ METHODS = ("supervised", "mean_teacher", "unimatch", "bcp", "semisam")
 # The semi-supervised methods semisam's teacher labels can join (method.backbone).
 SEMISAM_BACKBONES = ("mean_teacher", "unimatch", "bcp")
 STUDENT_FORWARDS = ("auto", "joint", "separate")
+UNIMATCH_LOSSES = ("dice", "scaled_dice", "ce")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 INFERENCE_MODES = ("resize", "sliding_window")
 CHECKPOINT_CHOICES = ("last", "best")
@@ -185,6 +186,11 @@ class UniMatchConfig:
     feature_dropout: float = 0.5
     fp_weight: float = 0.5
     cutmix_prob: float = 0.5
+    # each unlabeled term: ce (cross-entropy summed over the kept pixels, averaged over all of them: FixMatch's and
+    # UniMatch's natural-image loss), dice (UniMatch's medical loss: Dice over the kept pixels), scaled_dice (that
+    # Dice times the batch's kept fraction). The Dice forms collapsed ACDC-3 students at the cpu scale once the kept
+    # pixels were mostly confident background (docs/RESULTS.md).
+    unlabeled_loss: str = "ce"
     cutmix_area: list[float] = field(default_factory=lambda: [0.02, 0.4])  # box area, fraction of the image
     cutmix_aspect: list[float] = field(default_factory=lambda: [0.3, 1 / 0.3])  # box height / width
 
@@ -550,6 +556,7 @@ def validate_config(cfg: RunConfig) -> None:
     for key in ("confidence", "feature_dropout", "fp_weight", "cutmix_prob"):
         if not 0 <= getattr(um, key) <= 1:
             raise ConfigError(f"method.unimatch.{key}={getattr(um, key)} must be in [0, 1]")
+    _choice("method.unimatch.unlabeled_loss", um.unlabeled_loss, UNIMATCH_LOSSES)
     if um.strong_views not in (1, 2):
         raise ConfigError(f"method.unimatch.strong_views={um.strong_views} must be 1 (FixMatch) or 2 (UniMatch)")
     area, aspect = list(um.cutmix_area), list(um.cutmix_aspect)

@@ -11,9 +11,10 @@ Each batch is split in halves: labeled ``(l_a, y_a), (l_b, y_b)`` and unlabeled 
   ``M``, and ``l_b`` with ``u_b`` pasted inside ``M``. Every region is supervised by where its pixels came from:
   towards a label with weight 1, towards a pseudo-label with weight ``unlabeled_weight``.
 
-Each term is ``(Dice + CE) / 2`` counting the region's pixels only (BCP's ``mix_loss``), the step's loss the sum
-of its terms. A :class:`~semisam.methods.semisam.TeacherLabels` passed in lets the frozen teacher's rectified
-pseudo-labels replace the EMA model's wherever the teacher itself labeled a pixel (semisam on this backbone).
+Each term is ``(Dice + CE) / 2`` counting the region's pixels only (BCP's ``mix_loss``, its Dice in V-Net
+form), the step's loss the sum of its terms. A :class:`~semisam.methods.semisam.TeacherLabels` passed in lets
+the frozen teacher's rectified pseudo-labels replace the EMA model's wherever the teacher itself labeled a pixel
+(semisam on this backbone).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class BCP(Method):
 
     def __init__(self, cfg, teacher_labels=None) -> None:
         super().__init__(cfg)
-        self.region_loss = WeightedDiceCELoss(cfg.data.num_classes, dice_weight=0.5, ce_weight=0.5)
+        self.region_loss = WeightedDiceCELoss(cfg.data.num_classes, dice_weight=0.5, ce_weight=0.5, squared_pred=True)
         self.teacher_labels = teacher_labels
         self.switch = round(cfg.method.bcp.pretrain_fraction * cfg.schedule.iterations)
         self.largest = KeepLargestConnectedComponent(

@@ -73,6 +73,12 @@ class WeightedDiceCELoss(nn.Module):
       it multiplies both the prediction and the label by the mask, so a fractional weight enters the
       intersection squared (w^2) but the sums once (w), which is only a weighted Dice for binary masks.
 
+    ``squared_pred`` takes the V-Net form of the sums, ``sum_p w_p s_pc^2 + sum_p w_p y_pc^2`` (MONAI's
+    ``squared_pred``; the Dice of SSL4MIS, UniMatch and BCP). It matters for a class absent from the kept pixels
+    (a pseudo-label batch of confident background): with plain sums its term ``1 - eps / (sum_p w_p s_pc + eps)``
+    has a gradient ``eps / (sum + eps)^2`` that explodes as the class's probabilities vanish and drives the
+    student to predict background everywhere; with squares the gradient vanishes with them.
+
     Pixels whose label equals ``ignore_index`` (if not ``None``) get weight 0 whatever ``weight`` says; other
     labels must lie in ``[0, num_classes)``. Zero-weight pixels have no influence at all on the value or the
     gradient. With zero total weight (nothing trusted) the loss is exactly 0 and still a function of the
@@ -85,6 +91,7 @@ class WeightedDiceCELoss(nn.Module):
         dice_weight: float = 0.5,
         ce_weight: float = 0.5,
         ignore_index: int | None = 255,
+        squared_pred: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -97,6 +104,7 @@ class WeightedDiceCELoss(nn.Module):
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
         self.ignore_index = ignore_index
+        self.squared_pred = squared_pred
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Logits float (B, C, H, W), target int64 (B, H, W), weight float (B, H, W) in [0, 1] -> scalar."""
@@ -129,7 +137,8 @@ class WeightedDiceCELoss(nn.Module):
         w = weight.unsqueeze(1)
         dims = (0, 2, 3)
         intersection = (w * probs * onehot).sum(dims)
-        sums = (w * probs).sum(dims) + (w * onehot).sum(dims)
+        pred = probs * probs if self.squared_pred else probs
+        sums = (w * pred).sum(dims) + (w * onehot).sum(dims)  # onehot^2 = onehot
         dice = (1.0 - (2.0 * intersection + SMOOTH) / (sums + SMOOTH)).mean()
         return self.dice_weight * dice + self.ce_weight * ce
 

@@ -11,7 +11,9 @@ One step, with ``u`` the unlabeled batch (weak view), ``s_1, s_2`` its strong vi
    with ``feature_perturbation`` the weak view is also decoded from Dropout2d-perturbed encoder features
    (:func:`~semisam.student.perturb.feature_dropout`; UniMatch shares the encoder pass of step 1, here a second
    pass computes the same with instance norm and a plain student);
-4. ``L_x`` is Dice + CE on the labeled batch, every unlabeled term a Dice towards ``y`` counting kept pixels only:
+4. ``L_x`` is Dice + CE on the labeled batch, every unlabeled term a loss towards ``y`` counting kept pixels only
+   (``unlabeled_loss``: by default cross-entropy summed over the kept pixels and averaged over all of them, as
+   FixMatch and UniMatch on natural images; ``dice`` is UniMatch's medical Dice over the kept pixels, V-Net form):
    ``loss = (L_x + fp_weight * L_fp + (1 - fp_weight) * mean_k L_s_k) / 2``.
 
 ``strong_views: 1`` with ``feature_perturbation: false`` is FixMatch (Sohn et al. 2020) with CutMix.
@@ -23,6 +25,7 @@ A :class:`~semisam.methods.semisam.TeacherLabels` passed in lets the frozen teac
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from semisam.methods.base import Method, StepOutput, joint_forward, labeled_preview, unlabeled_preview
 from semisam.methods.losses import WeightedDiceCELoss
@@ -37,8 +40,18 @@ class UniMatch(Method):
 
     def __init__(self, cfg, teacher_labels=None) -> None:
         super().__init__(cfg)
-        self.unlabeled_loss = WeightedDiceCELoss(cfg.data.num_classes, dice_weight=1.0, ce_weight=0.0)
+        self.dice = WeightedDiceCELoss(cfg.data.num_classes, dice_weight=1.0, ce_weight=0.0, squared_pred=True)
         self.teacher_labels = teacher_labels
+
+    def unlabeled_loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """One unlabeled term (``method.unimatch.unlabeled_loss``): logits (B, C, H, W), target (B, H, W) int64,
+        weight (B, H, W) float in [0, 1] -> float32 scalar. Ignored pixels (weight 0) get no gradient."""
+        kind = self.cfg.method.unimatch.unlabeled_loss
+        if kind == "ce":  # summed over the kept pixels, averaged over all of them (FixMatch, UniMatch's natural images)
+            ce = F.cross_entropy(logits.float(), target, reduction="none")
+            return (ce * weight).sum() / max(weight.numel(), 1)
+        dice = self.dice(logits, target, weight)
+        return dice * weight.float().mean() if kind == "scaled_dice" else dice
 
     def strong_views(self) -> int:
         return self.cfg.method.unimatch.strong_views
