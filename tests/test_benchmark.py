@@ -107,6 +107,9 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "supervised_priors": "supervised",
         "supervised_samaug": "supervised",
         "mean_teacher": "mean_teacher",
+        "unimatch": "unimatch",
+        "fixmatch": "unimatch",
+        "bcp": "bcp",
         "semisam_priors": "semisam",
         "semisam_pl": "semisam",
         "semisam_online": "semisam",
@@ -114,8 +117,14 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam_rounds_pool_pl": "semisam",
         "semisam_rounds2_pl": "semisam",
         "semisam_rounds_priors": "semisam",
+        "semisam_unimatch": "semisam",
+        "semisam_bcp": "semisam",
         "semisam": "semisam",
     }
+    fixmatch = cfgs["fixmatch"].method.unimatch  # FixMatch is a switch of UniMatch, not a copy
+    assert fixmatch.strong_views == 1 and not fixmatch.feature_perturbation
+    assert cfgs["unimatch"].method.unimatch.strong_views == 2 and cfgs["unimatch"].method.unimatch.feature_perturbation
+    assert cfgs["semisam_unimatch"].method.backbone == "unimatch" and cfgs["semisam_bcp"].method.backbone == "bcp"
     assert cfgs["supervised_priors"].priors.enabled and not cfgs["supervised"].priors.enabled
     samaug = cfgs["supervised_samaug"].priors  # SAMAug's whole recipe, beside the concat ablation
     assert samaug.enabled and samaug.fusion == "add" and samaug.alternate
@@ -135,8 +144,8 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
 def test_unknown_names_are_config_errors():
     with pytest.raises(ConfigError, match="unknown protocol 'acdc-5'.*acdc-3"):
         get_protocol("acdc-5")
-    with pytest.raises(ConfigError, match="unknown method 'fixmatch'"):
-        get_method("fixmatch")
+    with pytest.raises(ConfigError, match="unknown method 'remixmatch'"):
+        get_method("remixmatch")
 
 
 @pytest.fixture()

@@ -61,6 +61,7 @@ class _Entry:
     label: np.ndarray
     weight: np.ndarray
     uncertainty: np.ndarray
+    source: np.ndarray
 
 
 @dataclass
@@ -74,13 +75,14 @@ def test_a_native_size_bank_entry_is_resized_to_the_stored_size():
     label = np.zeros((20, 24), np.int64)
     label[:, 12:] = 2  # right half
     weight = (label > 0).astype(np.float32)
-    bank = _Bank({0: _Entry(label, weight, weight * 0.5)})
+    bank = _Bank({0: _Entry(label, weight, weight * 0.5, (label > 0).astype(np.uint8))})
     ds = SliceDataset(reader, [("u1", -1)], cfg, labeled=False, train=False, bank=bank)
     sample = ds[0]
     assert sample["pseudo_label"].shape == (16, 16) and sample["weight"].shape == (16, 16)
     assert torch.all(sample["pseudo_label"][:, 8:] == 2) and torch.all(sample["pseudo_label"][:, :8] == 0)
     assert torch.equal(sample["weight"] > 0, sample["pseudo_label"] > 0)
     assert float(sample["uncertainty"].max()) == pytest.approx(0.5)
+    assert torch.equal(sample["pseudo_source"], (sample["pseudo_label"] > 0).long())  # resized with the label
 
 
 def test_weak_intensity_jitter_changes_the_image_only(monkeypatch):

@@ -12,6 +12,7 @@ from segment_anything import SamPredictor
 
 from semisam.config.schema import TeacherConfig
 from semisam.teacher import SamTeacher, TeacherError, build_teacher, build_tiny_sam, tiny_spec
+from semisam.teacher.engine import cpu_has_native_bf16
 from semisam.teacher.models import INTENSITY_MINMAX, RESIZE_SQUARE
 
 CPU = torch.device("cpu")
@@ -38,7 +39,7 @@ def tiny() -> SamTeacher:
 
 @pytest.fixture(scope="module")
 def lite() -> SamTeacher:
-    return build_teacher(TeacherConfig(kind="litemedsam", device="cpu"))
+    return build_teacher(TeacherConfig(kind="litemedsam", device="cpu", precision="fp32"))  # vs SamPredictor, fp32
 
 
 def _predictor_reference(teacher: SamTeacher, images, boxes, multimask=False, points=None, labels=None):
@@ -209,7 +210,8 @@ def test_manifest_names_the_teacher(tiny):
 def test_build_teacher_with_an_injected_model():
     cfg = TeacherConfig(kind="sam_vit_b", device="cpu", precision="auto", embed_batch_size=3, decode_batch_size=7)
     teacher = build_teacher(cfg, sam=build_tiny_sam(), spec=tiny_spec(), checkpoint_sha256="abc")
-    assert teacher.device == CPU and teacher.dtype is None
+    # auto: bf16 where the CPU computes it natively, fp32 elsewhere
+    assert teacher.device == CPU and teacher.dtype == (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert (teacher.embed_batch_size, teacher.decode_batch_size) == (3, 7)
     assert teacher.manifest()["checkpoint_sha256"] == "abc"
     with pytest.raises(TeacherError, match="encoder_size"):
