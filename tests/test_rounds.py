@@ -251,3 +251,41 @@ def test_a_supervised_run_with_priors_needs_no_priors_of_the_pool(phantom_root, 
     result = Trainer(cfg, progress=False).fit()
     assert result.iterations == cfg.schedule.iterations
     assert load_checkpoint(result.checkpoint)["model_info"]["in_channels"] == 3  # image + seg prior + boundary
+
+
+@pytest.mark.parametrize("backbone", ["unimatch", "bcp"])
+def test_rounds_on_a_backbone_train_the_whole_pool_with_the_teacher_on_the_selected(
+    phantom_root, tmp_path, tiny_teacher, monkeypatch, backbone
+):
+    cfg = _cfg(phantom_root, tmp_path, "run", f"method.backbone={backbone}", "method.bcp.pretrain_fraction=0.34")
+    zero, one = round_config(cfg, 0), round_config(cfg, 1)
+    assert zero.method.name == backbone and zero.method.backbone == "mean_teacher"  # the backbone's own run
+    assert one.method.name == "semisam" and one.method.backbone == backbone and one.method.bcp.pretrain_fraction == 0
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "val"], priors=False, progress=False)
+    real = build_reader(cfg.data)
+    unlabeled = resolve_split(cfg.data, real.case_ids()).unlabeled
+    guard = LabelGuard(real, unlabeled)
+    monkeypatch.setattr(trainer_module, "build_reader", lambda data_cfg: guard)
+    monkeypatch.setattr(rounds_module, "build_reader", lambda data_cfg: guard)
+    seen = {}
+    real_init = Trainer.__init__
+
+    def spy(self, round_cfg, *args, **kwargs):
+        real_init(self, round_cfg, *args, **kwargs)
+        if kwargs.get("round_data") is not None:
+            seen["items"], seen["bank"] = self.unlabeled_items, kwargs["round_data"].bank
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    train(cfg, progress=False, teacher=tiny_teacher)
+    assert guard.touched == []
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "round_0" / "checkpoints" / "last.pt")["config"]["method"]["name"] == backbone
+    selection = json.loads((run / "round_1" / "selection.json").read_text())
+    pool = [[c, k] for c, k in seen["items"]]
+    assert pool == selection["train_items"] and len(pool) == selection["pool"] == len(unlabeled)
+    # the bank holds the selected images only, at their places in the pool
+    assert sorted(pool[i] for i in seen["bank"].entries) == sorted(selection["items"])
+    assert 0 < len(seen["bank"].entries) < len(pool)
+    with (run / "round_1" / "metrics.csv").open() as f:
+        tags = {r["tag"] for r in csv.DictReader(f)}
+    assert "pseudo/teacher_fraction" in tags

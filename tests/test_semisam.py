@@ -231,3 +231,18 @@ def test_killed_after_a_refresh_resumes_on_the_same_bank(phantom_root, tmp_path,
     resumed.fit()
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("extra", [("method.backbone=unimatch",), ("method.backbone=bcp",), ("method.name=unimatch",)])
+def test_the_backbones_touch_no_label_of_an_unlabeled_case(phantom_root, tmp_path, tiny_teacher, monkeypatch, extra):
+    """The leak test on the new methods: online semisam on UniMatch (prompted by the student itself: no EMA) and
+    on BCP, and UniMatch alone."""
+    cfg = _cfg(phantom_root, tmp_path, "run", *extra, "method.bcp.pretrain_fraction=0.2")
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
+    guard, banks = _guarded_run(cfg, tiny_teacher, monkeypatch)
+    assert guard.touched == []
+    if cfg.method.name == "semisam":
+        assert [int(p.stem.split("_")[1]) for p in banks] == [2, 4]
+        with (tmp_path / "run" / "metrics.csv").open() as f:
+            tags = {r["tag"] for r in csv.DictReader(f)}
+        assert "pseudo/teacher_fraction" in tags

@@ -15,7 +15,7 @@ Started again, it skips finished runs and resumes an interrupted one.
 
 Examples:
   python tools/benchmark.py --protocol kvasir-10 --scale cpu --methods supervised,semisam
-  python tools/benchmark.py --protocol acdc-3 --scale cpu                       # all five methods
+  python tools/benchmark.py --protocol acdc-3 --scale cpu --methods supervised,unimatch,bcp
   python tools/benchmark.py --protocol acdc-7 --scale full --seeds 0,1,2 data.num_workers=16
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--protocol", required=True, choices=list(PROTOCOLS))
     parser.add_argument("--scale", default="cpu", choices=list(SCALES))
     parser.add_argument(
-        "--methods", default=",".join(METHODS), help="comma-separated, run in this order (default: all five)"
+        "--methods", default=",".join(METHODS), help="comma-separated, run in this order (default: every variant)"
     )
     parser.add_argument(
         "--seeds",
