@@ -99,3 +99,23 @@ def run_train_tool(config: Path, overrides: list[str]):
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def scrambled_copy(root: Path, dest: Path, cfg) -> Path:
+    """A copy of the data set at ``root`` whose unlabeled cases (as ``cfg``'s split sees them) have random labels:
+    whatever path a leak takes, even reading the files directly, it changes what a run computes."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from semisam.data.readers import build_reader
+    from semisam.data.splits import resolve_split
+
+    shutil.copytree(root, dest)
+    rng = np.random.default_rng(0)
+    for case_id in resolve_split(cfg.data, build_reader(cfg.data).case_ids()).unlabeled:
+        path = dest / cfg.data.label_dir / f"{case_id}{cfg.data.label_suffix}"
+        label = np.asarray(Image.open(path))
+        Image.fromarray(rng.integers(0, cfg.data.num_classes, label.shape).astype(label.dtype)).save(path)
+    return dest

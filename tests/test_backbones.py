@@ -5,18 +5,13 @@ pseudo-label readable from the image: after any mixing, each pixel's target must
 carries, which fails if an image and its target are mixed with different regions."""
 
 import math
-import shutil
 
-import numpy as np
 import pytest
 import torch
 from monai.networks.layers.simplelayers import SkipConnection
-from PIL import Image
 
 from semisam.config.loader import load_config, unused_keys
 from semisam.config.schema import ConfigError
-from semisam.data.readers import build_reader
-from semisam.data.splits import resolve_split
 from semisam.engine.ema import StudentEMA
 from semisam.engine.trainer import Trainer
 from semisam.methods import BCP, METHODS, UniMatch, build_method
@@ -26,7 +21,7 @@ from semisam.methods.semisam import SemiSAM, TeacherLabels
 from semisam.student.perturb import feature_dropout
 from semisam.student.unet import build_student
 
-from .conftest import REPO, tiny_overrides
+from .conftest import REPO, scrambled_copy, tiny_overrides
 
 H = W = 16
 CLASSES = 3
@@ -359,14 +354,8 @@ def _run_cfg(root, out, *extra):
 @pytest.mark.parametrize("method", ["unimatch", "bcp"])
 def test_scrambled_labels_of_unlabeled_cases_change_nothing(phantom_root, tmp_path, method):
     """No label of an unlabeled image reaches any loss: scrambling their label files leaves every weight as it was."""
-    scrambled = tmp_path / "scrambled"
-    shutil.copytree(phantom_root, scrambled)
     cfg = _run_cfg(phantom_root, tmp_path / "true", f"method.name={method}", "method.bcp.pretrain_fraction=0.34")
-    rng = np.random.default_rng(0)
-    for case_id in resolve_split(cfg.data, build_reader(cfg.data).case_ids()).unlabeled:
-        path = scrambled / cfg.data.label_dir / f"{case_id}{cfg.data.label_suffix}"
-        label = np.asarray(Image.open(path))
-        Image.fromarray(rng.integers(0, cfg.data.num_classes, label.shape).astype(label.dtype)).save(path)
+    scrambled = scrambled_copy(phantom_root, tmp_path / "scrambled", cfg)
     weights = []
     for root, out in ((phantom_root, "true"), (scrambled, "scrambled")):
         cfg = _run_cfg(root, tmp_path / out, f"method.name={method}", "method.bcp.pretrain_fraction=0.34")

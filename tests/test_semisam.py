@@ -3,13 +3,11 @@
 pseudo-label loss has real gradients, refreshes happen, and a killed run resumes exactly."""
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from semisam.config.loader import load_config
 from semisam.config.schema import ConfigError
@@ -24,7 +22,7 @@ from semisam.pseudolabel.refresh import PseudoLabelRefresher
 from semisam.student.unet import build_student
 from semisam.teacher import precompute as pc
 
-from .conftest import REPO, tiny_overrides
+from .conftest import REPO, scrambled_copy, tiny_overrides
 
 
 def _cfg(root, tmp_path, out="run", *extra):
@@ -104,14 +102,8 @@ def test_no_label_of_an_unlabeled_case_is_touched_by_a_run(phantom_root, tmp_pat
 def test_pseudo_labels_do_not_depend_on_the_labels_of_unlabeled_cases(phantom_root, tmp_path, tiny_teacher):
     """Whatever path a leak takes (even reading the files directly), scrambling the unlabeled cases' label files
     must not change a single pseudo-label."""
-    scrambled = tmp_path / "scrambled"
-    shutil.copytree(phantom_root, scrambled)
     cfg = _cfg(phantom_root, tmp_path, "true")
-    rng = np.random.default_rng(0)
-    for case_id in resolve_split(cfg.data, build_reader(cfg.data).case_ids()).unlabeled:
-        path = scrambled / cfg.data.label_dir / f"{case_id}{cfg.data.label_suffix}"
-        label = np.asarray(Image.open(path))
-        Image.fromarray(rng.integers(0, cfg.data.num_classes, label.shape).astype(label.dtype)).save(path)
+    scrambled = scrambled_copy(phantom_root, tmp_path / "scrambled", cfg)
     runs = []
     for root, out in ((phantom_root, "true"), (scrambled, "scrambled")):
         cfg = _cfg(root, tmp_path, out)

@@ -98,7 +98,7 @@ def trains_on_pool(cfg: RunConfig) -> bool:
     """Whether a round after round 0 trains on the whole unlabeled pool (the backbone's consistency teaching the
     images the selection left out, the teacher's labels joining on the selected ones) or only on the selected
     pseudo-labeled images (the mean-teacher backbone, whose rounds train without consistency)."""
-    return cfg.method.backbone != "mean_teacher"
+    return cfg.method.backbone != MethodConfig.backbone  # every backbone but the mean teacher
 
 
 def round_config(cfg: RunConfig, index: int) -> RunConfig:
@@ -111,14 +111,14 @@ def round_config(cfg: RunConfig, index: int) -> RunConfig:
     data["pseudo_labels"]["round0_checkpoint"] = None
     backbone = cfg.method.backbone
     if index == 0:
-        data["method"]["name"] = "supervised" if backbone == "mean_teacher" else backbone
+        data["method"]["name"] = backbone if trains_on_pool(cfg) else "supervised"
         data["method"]["backbone"] = MethodConfig.backbone  # the default: the backbone run itself reads none
     else:
         sched = data["schedule"]
         scale = cfg.pseudo_labels.round_iterations
         sched["iterations"] = max(1, round(scale * cfg.schedule.iterations))
         sched["warmup_iterations"] = min(round(scale * cfg.schedule.warmup_iterations), sched["iterations"] - 1)
-        if backbone == "mean_teacher":
+        if not trains_on_pool(cfg):  # the mean-teacher backbone's rounds: no consistency term
             data["method"]["consistency_weight"] = 0.0
         data["method"]["bcp"]["pretrain_fraction"] = 0.0  # a later round starts from a trained student
     return config_from_dict(data)
