@@ -178,7 +178,7 @@ class SelfTraining:
         if pl.round0_checkpoint:
             checkpoint = Path(pl.round0_checkpoint)
             check_round0(cfg, checkpoint)
-            logger.info("round 0: the finished supervised run %s stands for it", checkpoint)
+            logger.info("round 0: the finished run %s stands for it", checkpoint)
             self.timings["round_0_train_s"] = None
         else:
             round0 = round_config(cfg, 0)
