@@ -18,6 +18,7 @@ from semisam.benchmark.protocols import (
     get_scale,
 )
 from semisam.benchmark.runner import BenchmarkRunner, RunRecord, aggregate, build_run_config, format_table
+from semisam.config.loader import load_config
 from semisam.config.schema import ConfigError
 
 from .conftest import REPO, tiny_overrides
@@ -337,3 +338,15 @@ def test_a_whole_pool_rounds_run_shares_the_supervised_round0(tmp_path):
     assert runner.round0_providers == {("semisam_rounds_pool_pl", 0): "supervised"}
     assert runner.configs[("semisam_rounds_pool_pl", 0)].data.split.unlabeled_count is None
     assert runner.configs[("supervised", 0)].data.split.unlabeled_count == 150
+
+
+@pytest.mark.parametrize("method", ["supervised", "unimatch", "bcp"])
+def test_a_method_step_is_timed_on_random_batches(method):
+    from semisam.benchmark.throughput import method_step_seconds
+
+    cfg = load_config(
+        REPO / "configs/demo.yaml",
+        ["data.root=unused", f"method.name={method}", "data.image_size=[32,32]", "student.features=[4,8,16,32]"],
+    )
+    seconds = method_step_seconds(cfg, steps=2, warmup=1)
+    assert 0 < seconds < 60

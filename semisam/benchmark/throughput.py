@@ -111,3 +111,43 @@ def project_loop(cfg: RunConfig, steps: int, warmup: int, window: int = 10) -> T
             rows = [(int(r["iteration"]), float(r["value"])) for r in csv.DictReader(f) if r["tag"] == "time/iter_s"]
     times = [value for iteration, value in rows if iteration - window >= warmup]
     return _summary("semisam", times, cfg.schedule.batch_size)
+
+
+def method_step_seconds(cfg: RunConfig, steps: int = 4, warmup: int = 2, iteration: int | None = None) -> float:
+    """Seconds of one training step of ``cfg``'s method alone: its forward passes, loss, backward and AdamW step
+    (and the EMA update where it keeps one) on random batches of the config's batch sizes and image size, without
+    the data pipeline. The median of ``steps`` steps after ``warmup``. ``iteration``: the step index passed to the
+    method (default: the middle of the run, past BCP's pre-training and any warm-up)."""
+    from semisam.data.fusion import student_in_channels
+    from semisam.engine.ema import StudentEMA
+    from semisam.methods import build_method
+
+    method = build_method(cfg)
+    channels, classes = student_in_channels(cfg), cfg.data.num_classes
+    model = build_student(cfg.student, channels, classes).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.schedule.lr)
+    ema = StudentEMA(model, cfg.method.ema_decay) if method.needs_ema else None
+    height, width = cfg.data.image_size
+    generator = torch.Generator().manual_seed(cfg.seed)
+    b, u = cfg.schedule.batch_size, cfg.schedule.unlabeled_batch_size
+    labeled = {
+        "image": torch.rand(b, channels, height, width, generator=generator),
+        "label": torch.randint(0, classes, (b, height, width), generator=generator),
+    }
+    unlabeled = {
+        k: torch.rand(u, channels, height, width, generator=generator)
+        for k in ("image", "strong_image", "strong_image_2")
+    }
+    start = cfg.schedule.iterations // 2 if iteration is None else iteration
+    times = []
+    for k in range(warmup + steps):
+        tic = time.perf_counter()
+        out = method.step(model, ema, labeled, unlabeled if method.uses_unlabeled else None, start + k)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, start + k)
+        if k >= warmup:
+            times.append(time.perf_counter() - tic)
+    return statistics.median(times)
