@@ -111,6 +111,8 @@ def test_unused_method_keys_follow_the_method():
     assert not any(k.startswith("method.unimatch.") for k in unimatch)
     on_unimatch = unused_keys(_cfg("method.name=semisam", "method.backbone=unimatch"))
     assert "method.consistency_weight" in on_unimatch and "method.unimatch.confidence" not in on_unimatch
+    bcp = unused_keys(_cfg("method.name=bcp"))
+    assert "method.forward" not in bcp and "method.ema_decay" not in bcp and "method.consistency_weight" in bcp
     mean_teacher = unused_keys(_cfg("method.name=mean_teacher"))
     assert "method.unimatch.confidence" in mean_teacher and "method.consistency_weight" not in mean_teacher
 
@@ -300,13 +302,13 @@ def test_teacher_labels_enter_only_where_the_teacher_labeled_and_was_kept():
     bank = _bank(2, 2, 0.8, 1)
     bank["pseudo_source"][:, :4] = 2  # the rectification fell back on the model there: not the teacher's
     bank["weight"][:, 4:8] = 0.0  # the rectification ignored these
-    target, weight, logs = TeacherLabels().join(own, own_weight, bank, 0)
+    target, weight, logs = TeacherLabels().join(own, own_weight, bank)
     teacher = torch.zeros(2, H, W, dtype=torch.bool)
     teacher[:, 8:] = True
     assert torch.equal(target, torch.where(teacher, 2, 0))
     assert torch.allclose(weight, torch.where(teacher, 0.8, 0.0))
     assert logs["pseudo/teacher_fraction"] == pytest.approx(0.5)
-    same = TeacherLabels().join(own, own_weight, {"image": None}, 0)  # no bank: pseudo-labels off
+    same = TeacherLabels().join(own, own_weight, {"image": None})  # no bank: pseudo-labels off
     assert torch.equal(same[0], own) and torch.equal(same[1], own_weight)
 
 

@@ -121,14 +121,21 @@ def test_a_round_weighs_its_pseudo_labels_fully_from_the_first_step(phantom_root
 
 
 # ---------------------------------------------------------------------------------------------- a whole run
-def test_rounds_run_end_to_end_without_touching_unlabeled_labels(phantom_root, tmp_path, tiny_teacher, monkeypatch):
-    cfg = _cfg(phantom_root, tmp_path)
-    pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "val"], priors=False, progress=False)
+def _guarded_rounds(cfg, teacher, monkeypatch):
+    """Embeddings of the pool and val made; every reader of the run replaced by a :class:`LabelGuard`. Returns the
+    unlabeled cases and the guard."""
+    pc.precompute(cfg, teacher=teacher, splits=["unlabeled", "val"], priors=False, progress=False)
     real = build_reader(cfg.data)
     unlabeled = resolve_split(cfg.data, real.case_ids()).unlabeled
     guard = LabelGuard(real, unlabeled)
     monkeypatch.setattr(trainer_module, "build_reader", lambda data_cfg: guard)
     monkeypatch.setattr(rounds_module, "build_reader", lambda data_cfg: guard)
+    return unlabeled, guard
+
+
+def test_rounds_run_end_to_end_without_touching_unlabeled_labels(phantom_root, tmp_path, tiny_teacher, monkeypatch):
+    cfg = _cfg(phantom_root, tmp_path)
+    unlabeled, guard = _guarded_rounds(cfg, tiny_teacher, monkeypatch)
     result = train(cfg, progress=False, teacher=tiny_teacher)
     assert guard.touched == []  # not read, not even asked whether it exists
 
@@ -260,13 +267,9 @@ def test_rounds_on_a_backbone_train_the_whole_pool_with_the_teacher_on_the_selec
     cfg = _cfg(phantom_root, tmp_path, "run", f"method.backbone={backbone}", "method.bcp.pretrain_fraction=0.34")
     zero, one = round_config(cfg, 0), round_config(cfg, 1)
     assert zero.method.name == backbone and zero.method.backbone == "mean_teacher"  # the backbone's own run
-    assert one.method.name == "semisam" and one.method.backbone == backbone and one.method.bcp.pretrain_fraction == 0
-    pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "val"], priors=False, progress=False)
-    real = build_reader(cfg.data)
-    unlabeled = resolve_split(cfg.data, real.case_ids()).unlabeled
-    guard = LabelGuard(real, unlabeled)
-    monkeypatch.setattr(trainer_module, "build_reader", lambda data_cfg: guard)
-    monkeypatch.setattr(rounds_module, "build_reader", lambda data_cfg: guard)
+    assert one.method.name == "semisam" and one.method.backbone == backbone
+    assert (one.method.bcp.pretrain_fraction == 0) == (backbone == "bcp")  # BCP pre-trains in round 0 only
+    unlabeled, guard = _guarded_rounds(cfg, tiny_teacher, monkeypatch)
     seen = {}
     real_init = Trainer.__init__
 

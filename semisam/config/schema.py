@@ -175,7 +175,7 @@ class UniMatchConfig:
     The weak view's prediction gives hard pseudo-labels, kept where its confidence is at least ``confidence``
     (the rest ignored); ``strong_views`` strongly augmented views, each CutMixed (with probability ``cutmix_prob``)
     with another image of the batch and its pseudo-label, and (``feature_perturbation``) the weak view decoded
-    from encoder features under Dropout2d(``feature_dropout``) learn them with a Dice loss. The loss is
+    from encoder features under Dropout2d(``feature_dropout``) learn them (``unlabeled_loss``). The loss is
     ``(L_x + fp_weight * L_fp + (1 - fp_weight) * mean_s L_s) / 2`` (UniMatch: ``(L_x + 0.25 L_s1 + 0.25 L_s2
     + 0.5 L_fp) / 2``; without the feature pass ``fp_weight`` is not used and the strong views share all of it).
     """
@@ -468,16 +468,17 @@ def uses_rounds(cfg: RunConfig) -> bool:
 def reads_method_keys(cfg: RunConfig) -> set[str]:
     """The ``method.*`` sections and keys the run's method reads (the others cannot change what it trains)."""
     m = cfg.method
-    used = {m.name, m.backbone} if m.name == "semisam" else {m.name}
     keys = {"name", "dice_weight", "ce_weight"}
-    if m.name == "semisam":
+    runs = m.name
+    if m.name == "semisam":  # the backbone's step, with the teacher's labels joined
         keys.add("backbone")
-    if used & {"mean_teacher", "semisam"} and not (m.name == "semisam" and m.backbone != "mean_teacher"):
+        runs = m.backbone
+    if runs == "mean_teacher":
         keys |= {"ema_decay", "consistency_weight", "consistency_rampup", "ema_input_noise", "forward"}
-    if "unimatch" in used:
+    elif runs == "unimatch":
         keys |= {"unimatch", "forward"}
-    if "bcp" in used:
-        keys |= {"bcp", "ema_decay"}
+    elif runs == "bcp":
+        keys |= {"bcp", "ema_decay", "forward"}
     return keys
 
 

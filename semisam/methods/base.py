@@ -57,6 +57,14 @@ class BankSource(Protocol):
     def first_bank_iteration(self) -> int | None: ...
 
 
+class LabelJoiner(Protocol):
+    """Joins other pseudo-labels to a backbone's own (:class:`semisam.methods.semisam.TeacherLabels`)."""
+
+    def join(
+        self, target: torch.Tensor, weight: torch.Tensor, unlabeled: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]: ...
+
+
 class Method:
     """Base class: supervised Dice + CE on the labeled batch (the method ``supervised`` itself)."""
 
@@ -68,6 +76,15 @@ class Method:
         m = cfg.method
         self.supervised_loss = SupervisedLoss(cfg.data.num_classes, m.dice_weight, m.ce_weight)
         self.bank_source: BankSource | None = None
+        self._one_pass: dict[int, bool] = {}
+
+    def one_pass(self, model: nn.Module) -> bool:
+        """Whether labeled and unlabeled images share one pass of ``model`` (:func:`joint_forward` of
+        ``method.forward``), worked out once per model rather than at every step."""
+        key = id(model)
+        if key not in self._one_pass:
+            self._one_pass[key] = joint_forward(model, self.cfg.method.forward)
+        return self._one_pass[key]
 
     def strong_views(self) -> int:
         """Strong views of each unlabeled image the batches must carry (0, 1 or 2)."""

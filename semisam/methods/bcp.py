@@ -23,7 +23,8 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 from torch.nn.parallel import DistributedDataParallel
 
-from semisam.methods.base import Method, StepOutput, joint_forward, labeled_preview, unlabeled_preview
+from semisam.config.schema import RunConfig
+from semisam.methods.base import LabelJoiner, Method, StepOutput, labeled_preview, unlabeled_preview
 from semisam.methods.losses import WeightedDiceCELoss
 from semisam.methods.mixing import mix, square_mask
 
@@ -34,7 +35,7 @@ class BCP(Method):
     uses_unlabeled = True
     needs_ema = True
 
-    def __init__(self, cfg, teacher_labels=None) -> None:
+    def __init__(self, cfg: RunConfig, teacher_labels: LabelJoiner | None = None) -> None:
         super().__init__(cfg)
         self.region_loss = WeightedDiceCELoss(cfg.data.num_classes, dice_weight=0.5, ce_weight=0.5, squared_pred=True)
         self.teacher_labels = teacher_labels
@@ -54,7 +55,7 @@ class BCP(Method):
     def term(self, logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, pixel_weight=None):
         """``(Dice + CE) / 2`` of ``logits`` towards ``target`` on the pixels of ``region`` (bool (H, W)), each
         counted by ``pixel_weight`` (B, H, W) if given."""
-        weight = region.to(logits.dtype).float().expand_as(target).clone()
+        weight = region.float().expand_as(target)
         if pixel_weight is not None:
             weight = weight * pixel_weight
         return self.region_loss(logits, target, weight)
@@ -85,11 +86,11 @@ class BCP(Method):
         logs: dict[str, float] = {"bcp/self_training": 1.0}
         if self.teacher_labels is not None:
             ones = torch.ones_like(p_a, dtype=torch.float32)
-            p_a, w_a, extra = self.teacher_labels.join(p_a, ones, halves[0], iteration)
-            p_b, w_b, _ = self.teacher_labels.join(p_b, ones, halves[1], iteration)
+            p_a, w_a, extra = self.teacher_labels.join(p_a, ones, halves[0])
+            p_b, w_b, _ = self.teacher_labels.join(p_b, ones, halves[1])
             logs.update(extra)
         inputs = [mix(u_a, l_a, region), mix(l_b, u_b, region)]
-        if joint_forward(model, self.cfg.method.forward):
+        if self.one_pass(model):
             logits_u, logits_l = model(torch.cat(inputs)).split(n)
         else:
             logits_u, logits_l = model(inputs[0]), model(inputs[1])

@@ -15,7 +15,6 @@ from semisam.methods.base import (
     Method,
     StepOutput,
     forward_pair,
-    joint_forward,
     labeled_preview,
     unlabeled_preview,
 )
@@ -33,8 +32,7 @@ class MeanTeacher(Method):
         if ema is None or unlabeled is None:
             raise ValueError(f"{self.cfg.method.name} needs an EMA model and an unlabeled batch")
         m = self.cfg.method
-        joint = joint_forward(model, m.forward)
-        logits_l, logits_u = forward_pair(model, labeled["image"], self.student_input(unlabeled), joint)
+        logits_l, logits_u = forward_pair(model, labeled["image"], self.student_input(unlabeled), self.one_pass(model))
         sup = self.supervised_loss(logits_l, labeled["label"])
         loss = sup
         logs = {"loss/supervised": float(sup.detach())}

@@ -89,7 +89,7 @@ class TeacherLabels:
     stay. Batches without a bank (``weight`` absent: pseudo-labels off) pass through unchanged."""
 
     def join(
-        self, target: torch.Tensor, weight: torch.Tensor, unlabeled: dict[str, torch.Tensor], iteration: int
+        self, target: torch.Tensor, weight: torch.Tensor, unlabeled: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """``target`` (B, H, W) int64 and ``weight`` (B, H, W) float of the backbone -> the joined pair, and the
         share of pixels the teacher labeled (``pseudo/teacher_fraction``)."""

@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from semisam.methods.base import Method, StepOutput, joint_forward, labeled_preview, unlabeled_preview
+from semisam.config.schema import RunConfig
+from semisam.methods.base import LabelJoiner, Method, StepOutput, labeled_preview, unlabeled_preview
 from semisam.methods.losses import WeightedDiceCELoss
 from semisam.methods.mixing import cutmix_masks, mix, partner
 from semisam.student.perturb import feature_dropout
@@ -38,7 +39,7 @@ class UniMatch(Method):
 
     uses_unlabeled = True
 
-    def __init__(self, cfg, teacher_labels=None) -> None:
+    def __init__(self, cfg: RunConfig, teacher_labels: LabelJoiner | None = None) -> None:
         super().__init__(cfg)
         self.dice = WeightedDiceCELoss(cfg.data.num_classes, dice_weight=1.0, ce_weight=0.0, squared_pred=True)
         self.teacher_labels = teacher_labels
@@ -57,7 +58,7 @@ class UniMatch(Method):
         return self.cfg.method.unimatch.strong_views
 
     def weak_targets(
-        self, model: torch.nn.Module, unlabeled: dict[str, torch.Tensor], iteration: int
+        self, model: torch.nn.Module, unlabeled: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
         """Of the weak view: the pseudo-labels (B, H, W) int64 and their weights (B, H, W) float the loss uses,
         the student's own max probability (B, H, W) and argmax (B, H, W), and logs."""
@@ -68,7 +69,7 @@ class UniMatch(Method):
         weight = (confidence >= self.cfg.method.unimatch.confidence).float()
         logs = {"unimatch/kept_fraction": float(weight.mean())}
         if self.teacher_labels is not None:
-            target, weight, extra = self.teacher_labels.join(target, weight, unlabeled, iteration)
+            target, weight, extra = self.teacher_labels.join(target, weight, unlabeled)
             logs.update(extra)
         return target, weight, confidence, prediction, logs
 
@@ -76,7 +77,7 @@ class UniMatch(Method):
         if unlabeled is None:
             raise ValueError(f"{self.cfg.method.name} needs an unlabeled batch")
         um = self.cfg.method.unimatch
-        target, weight, confidence, prediction, logs = self.weak_targets(model, unlabeled, iteration)
+        target, weight, confidence, prediction, logs = self.weak_targets(model, unlabeled)
         batch, _, height, width = unlabeled["image"].shape
         other = partner(batch, target.device)
         views, targets, weights = [], [], []
@@ -90,7 +91,7 @@ class UniMatch(Method):
             targets.append(mix(target, target[other], box))
             weights.append(mix(weight, weight[other], box))
         images = [labeled["image"], *views]
-        if joint_forward(model, self.cfg.method.forward):
+        if self.one_pass(model):
             outputs = model(torch.cat(images)).split([t.shape[0] for t in images])
         else:
             outputs = [model(t) for t in images]

@@ -120,7 +120,8 @@ def round_config(cfg: RunConfig, index: int) -> RunConfig:
         sched["warmup_iterations"] = min(round(scale * cfg.schedule.warmup_iterations), sched["iterations"] - 1)
         if not trains_on_pool(cfg):  # the mean-teacher backbone's rounds: no consistency term
             data["method"]["consistency_weight"] = 0.0
-        data["method"]["bcp"]["pretrain_fraction"] = 0.0  # a later round starts from a trained student
+        if backbone == "bcp":  # a later round starts from a trained student: no copy-paste pre-training again
+            data["method"]["bcp"]["pretrain_fraction"] = 0.0
     return config_from_dict(data)
 
 
