@@ -59,7 +59,7 @@ def run_main(main) -> None:
     and exit status 2 instead of a traceback."""
     from semisam.config.schema import ConfigError
     from semisam.data.errors import DataError
-    from semisam.engine.checkpoint import CheckpointError
+    from semisam.student.checkpoint import CheckpointError
     from semisam.teacher.cache import CacheError
     from semisam.teacher.checkpoints import TeacherError
 

@@ -33,7 +33,8 @@ from semisam.data.dataset import SliceDataset, check_labeled_cases, expand_to_sl
 from semisam.data.errors import DataError
 from semisam.data.readers import build_reader
 from semisam.data.splits import read_id_list, resolve_split
-from semisam.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from semisam.student.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from semisam.teacher import stores
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest, teacher_identity
 from semisam.teacher.checkpoints import SAM_CHECKPOINTS, TeacherError, resolve_checkpoint
 
@@ -458,7 +459,6 @@ def test_a_teacher_checkpoint_with_the_wrong_checksum(tmp_path, monkeypatch):
 
 
 def test_a_cache_made_by_another_teacher_is_refused(tmp_path, monkeypatch):
-    from semisam.teacher import precompute as pc
 
     cfg = load_config(DEMO, [f"data.root={tmp_path}", f"teacher.cache_dir={tmp_path / 'cache'}"])
     ours = teacher_identity("litemedsam", "a" * 64, "medsam", 256)
@@ -466,9 +466,9 @@ def test_a_cache_made_by_another_teacher_is_refused(tmp_path, monkeypatch):
     store = CacheStore(cache_root(cfg), "priors")
     store.prepare(expected_manifest(cfg, "priors", theirs))
     store.save("c0", np.zeros((2, 4, 4)))
-    monkeypatch.setattr(pc, "identity_from_config", lambda c: ours)
+    monkeypatch.setattr(stores, "identity_from_config", lambda c: ours)
     with pytest.raises(CacheError) as err:
-        pc.open_prior_store(cfg, ["c0"])
+        stores.open_prior_store(cfg, ["c0"])
     message = str(err.value)
     assert str(store.dir) in message and "another teacher" in message
     assert "checkpoint_sha256" in message and "tools/precompute.py" in message

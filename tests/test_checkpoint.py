@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from semisam.engine.checkpoint import (
-    CheckpointError,
-    capture_rng,
-    load_checkpoint,
-    load_model_weights,
-    restore_rng,
-    save_checkpoint,
-)
+from semisam.engine.rng import capture_rng, restore_rng
+from semisam.student.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 
 
 def _draws():

@@ -237,7 +237,7 @@ def test_two_process_precompute_computes_every_case_once_then_semisam_trains(pha
     manifest_writes = [p for r in records for p in r["manifests"] if p.endswith("manifest.json")]
     assert sorted(manifest_writes) == sorted(str(root / kind / "manifest.json") for kind in ("embeddings", "priors"))
     assert not [p for p in records[1]["manifests"] if p.endswith("manifest.json")]  # rank 0 writes them
-    from semisam.teacher.precompute import identity_of
+    from semisam.teacher.stores import identity_of
 
     identity = identity_of(_tiny_teacher())
     for kind, cases in (("priors", all_cases), ("embeddings", embedded_cases)):

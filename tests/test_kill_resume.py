@@ -225,7 +225,7 @@ def test_precompute_killed_at_a_random_case_completes_without_recomputing(phanto
 
 
 def test_temporaries_of_a_killed_write_are_removed_on_the_next_write(tmp_path):
-    from semisam.engine.checkpoint import save_checkpoint
+    from semisam.student.checkpoint import save_checkpoint
     from semisam.teacher.cache import CacheStore
 
     ckpts = tmp_path / "checkpoints"

@@ -12,6 +12,7 @@ from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine.trainer import Trainer
 from semisam.teacher import precompute as pc
+from semisam.teacher import stores
 from semisam.teacher.cache import CacheError, cache_root
 from semisam.teacher.engine import build_teacher
 from semisam.teacher.models import build_tiny_sam, tiny_spec
@@ -86,7 +87,7 @@ def test_another_teacher_rebuilds_the_cache(phantom_root, tmp_path, tiny_teacher
 
 def test_training_with_priors_needs_the_cache_then_uses_it(phantom_root, tmp_path, tiny_teacher, monkeypatch):
     cfg = _cfg(phantom_root, tmp_path, "priors.enabled=true")
-    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    monkeypatch.setattr(stores, "identity_from_config", lambda c: stores.identity_of(tiny_teacher))
     with pytest.raises(CacheError, match="tools/precompute.py"):
         Trainer(cfg, progress=False)
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], progress=False)
@@ -101,7 +102,7 @@ def test_training_with_priors_needs_the_cache_then_uses_it(phantom_root, tmp_pat
 
 def test_samaug_alternation_feeds_raw_inputs_on_odd_iterations(phantom_root, tmp_path, tiny_teacher, monkeypatch):
     cfg = _cfg(phantom_root, tmp_path, "priors.enabled=true", "priors.alternate=true")
-    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    monkeypatch.setattr(stores, "identity_from_config", lambda c: stores.identity_of(tiny_teacher))
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], progress=False)
     trainer = Trainer(cfg, progress=False)
     raw = next(iter(trainer._loader(trainer.labeled_items, True, 2, 0)))
@@ -120,7 +121,7 @@ def test_export_png_stacks(phantom_root, tmp_path, tiny_teacher, monkeypatch):
     from semisam.teacher.export import export_augmented
 
     cfg = _cfg(phantom_root, tmp_path)
-    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    monkeypatch.setattr(stores, "identity_from_config", lambda c: stores.identity_of(tiny_teacher))
     pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "test"], progress=False)
     out = export_augmented(cfg, tmp_path / "export", splits=["unlabeled", "test"])
     split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
@@ -156,7 +157,7 @@ def test_export_nnunet_adds_prior_channels(tmp_path, tiny_teacher, monkeypatch):
             "device=cpu",
         ],
     )
-    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    monkeypatch.setattr(stores, "identity_from_config", lambda c: stores.identity_of(tiny_teacher))
     pc.precompute(cfg, teacher=tiny_teacher, splits=["val"], progress=False)
     split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
     out = export_augmented(cfg, tmp_path / "nn_export", splits=["val"])

@@ -14,10 +14,11 @@ from semisam.data.splits import resolve_split
 from semisam.engine.trainer import Trainer
 from semisam.evaluation.runner import evaluate_checkpoint
 from semisam.pseudolabel import refine as refine_module
-from semisam.pseudolabel.labeler import PseudoLabeler, open_embedding_store
+from semisam.pseudolabel.labeler import PseudoLabeler
 from semisam.pseudolabel.rectify import SOURCE_IGNORED, SOURCE_MODEL, SOURCE_TEACHER, Rectified, output_label
 from semisam.pseudolabel.refine import calibrate_refinement, evaluate_refined, refine_images
 from semisam.teacher import precompute as pc
+from semisam.teacher.stores import open_embedding_store
 
 from .conftest import REPO, tiny_overrides
 from .test_semisam import LabelGuard

@@ -15,7 +15,6 @@ from semisam.config.schema import ConfigError
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
-from semisam.engine.checkpoint import load_checkpoint
 from semisam.engine.run import train, uses_rounds
 from semisam.engine.trainer import Trainer
 from semisam.methods import SemiSAM
@@ -30,7 +29,9 @@ from semisam.pseudolabel.reliability import (
     select_reliable,
 )
 from semisam.pseudolabel.rounds import RoundData, round_config
+from semisam.student.checkpoint import load_checkpoint
 from semisam.teacher import precompute as pc
+from semisam.teacher import stores
 
 from .conftest import REPO, tiny_overrides
 from .test_semisam import LabelGuard
@@ -221,8 +222,9 @@ def test_reliability_report_bins_and_shares(phantom_root, tmp_path, tiny_teacher
     cfg = _cfg(phantom_root, tmp_path, "analysis")
     pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled"], priors=False, progress=False)
     from semisam.data.dataset import CaseLoader, expand_to_slices
-    from semisam.pseudolabel.labeler import PseudoLabeler, open_embedding_store
+    from semisam.pseudolabel.labeler import PseudoLabeler
     from semisam.student.unet import build_student
+    from semisam.teacher.stores import open_embedding_store
 
     reader = build_reader(cfg.data)
     items = expand_to_slices(reader, resolve_split(cfg.data, reader.case_ids()).unlabeled)
@@ -252,7 +254,7 @@ def test_reliability_report_bins_and_shares(phantom_root, tmp_path, tiny_teacher
 def test_a_supervised_run_with_priors_needs_no_priors_of_the_pool(phantom_root, tmp_path, tiny_teacher, monkeypatch):
     """Round 0 with priors (and supervised_priors) trains on labeled images only: a cache without the unlabeled
     pool's priors is enough."""
-    monkeypatch.setattr(pc, "identity_from_config", lambda c: pc.identity_of(tiny_teacher))
+    monkeypatch.setattr(stores, "identity_from_config", lambda c: stores.identity_of(tiny_teacher))
     cfg = _cfg(phantom_root, tmp_path, "sup_priors", "method.name=supervised", "priors.enabled=true")
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "val"], progress=False)
     result = Trainer(cfg, progress=False).fit()

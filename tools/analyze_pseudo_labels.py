@@ -27,24 +27,16 @@ def main() -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args()
     setup_logging(args.log_level)
-    from semisam.config.loader import config_from_dict
-    from semisam.data.fusion import student_in_channels
-    from semisam.engine.checkpoint import load_checkpoint, load_model_weights
     from semisam.evaluation.figures import save_prediction_figure
     from semisam.pseudolabel.analysis import analyze_pseudo_labels
-    from semisam.student.unet import build_student
-    from semisam.utils import atomic_write_text, resolve_device
+    from semisam.student.checkpoint import load_student
+    from semisam.utils import atomic_write_text
 
     path = Path(args.checkpoint)
-    state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"], args.overrides)
-    model = build_student(cfg.student, student_in_channels(cfg), cfg.data.num_classes)
-    use_ema = args.weights == "ema" or (args.weights == "auto" and state.get("ema"))
-    weights = state["ema"]["module"] if use_ema else state["model"]
-    load_model_weights(model, {"model": weights}, path)
-    device = resolve_device(cfg.device)
-    scores, examples = analyze_pseudo_labels(cfg, model, args.limit, device)
-    scores["weights"] = "ema" if use_ema else "model"
+    student = load_student(path, overrides=args.overrides, weights=args.weights)
+    cfg = student.config
+    scores, examples = analyze_pseudo_labels(cfg, student.model, args.limit, student.device)
+    scores["weights"] = student.weights
     out = Path(args.output) if args.output else path.parent.parent / "pseudo_label_analysis"
     atomic_write_text(out / "pseudo_label_scores.json", json.dumps(scores, indent=2))
     shown = examples[:4]

@@ -40,19 +40,15 @@ from semisam.data.fusion import fuse_priors, student_in_channels
 from semisam.data.memory import SliceStore
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
-from semisam.engine.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    load_model_weights,
-    restore_rng,
-    save_checkpoint,
-)
 from semisam.engine.ema import StudentEMA
 from semisam.engine.optim import build_optimizer, build_scheduler
+from semisam.engine.rng import capture_rng, restore_rng
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.evaluation.inference import evaluate_cases
 from semisam.methods import build_method
+from semisam.student.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from semisam.student.unet import build_student
+from semisam.teacher.stores import open_prior_store
 from semisam.utils import atomic_write_text, autocast_dtype, resolve_device, seed_everything
 from semisam.version import environment_info
 
@@ -125,8 +121,6 @@ class Trainer:
 
         self.priors = None
         if cfg.priors.enabled:
-            from semisam.teacher.precompute import open_prior_store  # the teacher stack only when it is used
-
             unlabeled_cases = sorted({case for case, _ in self.unlabeled_items})  # none for a supervised run
             self.priors = open_prior_store(cfg, [*self.split.labeled, *unlabeled_cases, *self.split.val])
         self.refresher = None

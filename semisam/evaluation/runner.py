@@ -7,61 +7,19 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from semisam.config.loader import config_from_dict, load_config
-from semisam.config.schema import ConfigError, RunConfig
-from semisam.data.fusion import student_in_channels
+from semisam.config.schema import ConfigError
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
-from semisam.engine.checkpoint import load_checkpoint, load_model_weights
 from semisam.evaluation.figures import save_metric_bar_figure, save_prediction_figure
 from semisam.evaluation.inference import evaluate_cases
 from semisam.evaluation.report import write_report
-from semisam.student.unet import build_student
-from semisam.utils import autocast_dtype, resolve_device
+from semisam.student.checkpoint import load_student
+from semisam.teacher.stores import open_prior_store
+from semisam.utils import autocast_dtype
 
 logger = logging.getLogger("semisam")
 
 SPLITS = ("test", "val", "labeled", "unlabeled")
-
-
-def load_student(
-    checkpoint: str | Path,
-    config_paths: Sequence[str | Path] | None = None,
-    overrides: Sequence[str] = (),
-    weights: str = "model",
-) -> tuple[RunConfig, torch.nn.Module, torch.device]:
-    """A trained student in eval mode on its device, with the config to run it under.
-
-    The config is the checkpoint's own (or ``config_paths`` + ``overrides``); the student's architecture and
-    inputs (``student``, ``priors``) are always the checkpoint's. ``weights``: ``model`` or ``ema``.
-
-    Raises:
-        ConfigError: a config whose classes or channels differ from the checkpoint's, or ``ema`` asked of a
-            checkpoint without EMA weights.
-        CheckpointError: an unreadable checkpoint or weights of another architecture.
-    """
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    saved = config_from_dict(state["config"])
-    cfg = load_config(config_paths, overrides) if config_paths else config_from_dict(state["config"], overrides)
-    cfg.student, cfg.priors = saved.student, saved.priors  # the architecture and its inputs are the checkpoint's
-    for key in ("num_classes", "in_channels"):
-        if getattr(cfg.data, key) != getattr(saved.data, key):
-            raise ConfigError(
-                f"data.{key}={getattr(cfg.data, key)} but {checkpoint} was trained with {getattr(saved.data, key)}"
-            )
-    if weights not in ("model", "ema"):
-        raise ConfigError(f"weights={weights!r} is not one of model, ema")
-    device = resolve_device(cfg.device)
-    model = build_student(cfg.student, student_in_channels(saved), cfg.data.num_classes)
-    if weights == "ema" and state.get("ema") is None:
-        raise ConfigError(f"{checkpoint} holds no EMA weights (method {saved.method.name})")
-    ema_state = state.get("ema") or {}
-    source = {"model": state["model"], "ema": ema_state.get("module", ema_state)}[weights]
-    load_model_weights(model, {"model": source}, checkpoint)
-    return cfg, model.to(device).eval(), device
 
 
 def evaluate_checkpoint(
@@ -91,7 +49,8 @@ def evaluate_checkpoint(
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
-    cfg, model, device = load_student(checkpoint, config_paths, overrides, weights)
+    student = load_student(checkpoint, config_paths, overrides, weights)
+    cfg, model, device = student.config, student.model, student.device
 
     reader = build_reader(cfg.data)
     cases = getattr(resolve_split(cfg.data, reader.case_ids()), split)
@@ -108,8 +67,6 @@ def evaluate_checkpoint(
     )
     priors = None
     if cfg.priors.enabled:
-        from semisam.teacher.precompute import open_prior_store  # the teacher stack only when it is used
-
         priors = open_prior_store(cfg, cases)
     acc, kept = evaluate_cases(
         model,

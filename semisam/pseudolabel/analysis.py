@@ -23,6 +23,7 @@ from semisam.pseudolabel.labeler import PseudoLabeler, PseudoLabelResult, score_
 from semisam.pseudolabel.reliability import rank_by_reliability, select_reliable
 from semisam.teacher.cache import CacheStore, cache_root
 from semisam.teacher.precompute import precompute
+from semisam.teacher.stores import open_prior_store
 
 logger = logging.getLogger("semisam")
 
@@ -46,8 +47,6 @@ def analyze_pseudo_labels(
     precompute(cfg, teacher=teacher, splits=["unlabeled", "val"], limit=limit, progress=progress, priors=False)
     priors = None
     if cfg.priors.enabled:
-        from semisam.teacher.precompute import open_prior_store
-
         priors = open_prior_store(cfg, [*split.val[:limit], *split.unlabeled[:limit]])
     labeler = PseudoLabeler(
         cfg, teacher, CaseLoader(reader, cfg.data, priors), CacheStore(cache_root(cfg), "embeddings"), priors, device

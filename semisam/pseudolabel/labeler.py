@@ -422,24 +422,6 @@ class PseudoLabeler:
         return {k: d.trusted for k, d in decisions.items()}, scalars, model_mean
 
 
-def open_embedding_store(cfg: RunConfig, teacher, case_ids: Sequence[str]) -> CacheStore:
-    """The embedding cache the pseudo-labels decode on: refuses one made by another teacher or lacking some of
-    ``case_ids``, naming the command that makes it."""
-    from semisam.teacher.cache import CacheError, cache_root, expected_manifest
-    from semisam.teacher.precompute import identity_of
-
-    embeddings = CacheStore(cache_root(cfg), "embeddings")
-    command = "python tools/precompute.py --config <this run's config>"
-    embeddings.check(expected_manifest(cfg, "embeddings", identity_of(teacher)), command)
-    missing = embeddings.missing(list(case_ids))
-    if missing:
-        raise CacheError(
-            f"{embeddings.dir} lacks embeddings of {len(missing)} training cases (e.g. {missing[:3]}); "
-            f"the pseudo-labels decode prompts on them. Make them with: {command}"
-        )
-    return embeddings
-
-
 def spread(items: Sequence[Item], count: int) -> list[Item]:
     """``count`` items spread evenly over ``items`` (all of them if there are fewer), in order: slices from every
     case of a volume split rather than the first case's slices."""

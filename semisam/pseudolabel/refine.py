@@ -41,9 +41,11 @@ from semisam.data.splits import resolve_split
 from semisam.evaluation.figures import save_refinement_figure
 from semisam.evaluation.metrics import MetricAccumulator
 from semisam.evaluation.report import PER_CASE_FILE, per_case_csv, write_summary
-from semisam.evaluation.runner import SPLITS, load_student
-from semisam.pseudolabel.labeler import PseudoLabeler, open_embedding_store, spread
+from semisam.evaluation.runner import SPLITS
+from semisam.pseudolabel.labeler import PseudoLabeler, spread
 from semisam.pseudolabel.rectify import output_label
+from semisam.student.checkpoint import load_student
+from semisam.teacher.stores import open_embedding_store, open_prior_store
 from semisam.utils import atomic_write_text
 
 logger = logging.getLogger("semisam")
@@ -176,7 +178,8 @@ def evaluate_refined(
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
-    cfg, model, device = load_student(checkpoint, config_paths, overrides, weights)
+    student = load_student(checkpoint, config_paths, overrides, weights)
+    cfg, model, device = student.config, student.model, student.device
     reader = build_reader(cfg.data)
     splits = resolve_split(cfg.data, reader.case_ids())
     cases = list(getattr(splits, split))
@@ -195,8 +198,6 @@ def evaluate_refined(
     embed_seconds = time.perf_counter() - tic
     priors = None
     if cfg.priors.enabled:
-        from semisam.teacher.precompute import open_prior_store
-
         priors = open_prior_store(cfg, [*cases, *splits.val])
     embeddings = open_embedding_store(cfg, teacher, [*cases, *splits.val])
     loader = CaseLoader(reader, cfg.data, priors)

@@ -27,8 +27,9 @@ from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.readers import CaseReader
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
-from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, open_embedding_store, spread
+from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, spread
 from semisam.teacher.cache import CacheStore
+from semisam.teacher.stores import open_embedding_store
 
 logger = logging.getLogger("semisam")
 

@@ -55,10 +55,10 @@ from semisam.pseudolabel.labeler import (
     PseudoLabelBank,
     PseudoLabeler,
     PseudoLabelResult,
-    open_embedding_store,
     spread,
 )
 from semisam.pseudolabel.reliability import rank_by_reliability, select_reliable
+from semisam.teacher.stores import open_embedding_store, open_prior_store
 from semisam.utils import atomic_write_text, resolve_device
 
 logger = logging.getLogger("semisam")
@@ -127,7 +127,7 @@ def round_config(cfg: RunConfig, index: int) -> RunConfig:
 
 def check_round0(cfg: RunConfig, checkpoint: Path) -> None:
     """Refuse a ``round0_checkpoint`` trained otherwise than this run's round 0 would be."""
-    from semisam.engine.checkpoint import load_checkpoint
+    from semisam.student.checkpoint import load_checkpoint
 
     saved = load_checkpoint(checkpoint)["config"]
     differing = config_differences(round_config(cfg, 0), saved, round0_ignored_keys(cfg))
@@ -233,7 +233,7 @@ class SelfTraining:
             logger.info("%s: bank of %d selected images restored", round_dir.name, len(bank.entries))
             return items, bank
         from semisam.data.fusion import student_in_channels
-        from semisam.engine.checkpoint import load_checkpoint, load_model_weights
+        from semisam.student.checkpoint import load_checkpoint, load_model_weights
         from semisam.student.unet import build_student
         from semisam.teacher.engine import build_teacher
 
@@ -250,8 +250,6 @@ class SelfTraining:
             )
         priors = None
         if cfg.priors.enabled:
-            from semisam.teacher.precompute import open_prior_store
-
             priors = open_prior_store(cfg, [*split.unlabeled, *split.val])
         self.teacher = self.teacher or build_teacher(cfg.teacher)
         embeddings = open_embedding_store(cfg, self.teacher, sorted({c for c, _ in [*pool, *calibration]}))

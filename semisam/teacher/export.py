@@ -25,7 +25,8 @@ from semisam.config.schema import RunConfig
 from semisam.data.dataset import CaseLoader
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
-from semisam.teacher.precompute import SPLIT_NAMES, open_prior_store
+from semisam.teacher.precompute import SPLIT_NAMES
+from semisam.teacher.stores import open_prior_store
 from semisam.utils import atomic_write_text
 
 PRIOR_CHANNEL_NAMES = ("SAM segmentation prior", "SAM boundary prior")

@@ -37,9 +37,11 @@ from semisam.config.schema import RunConfig, trains_on_pseudo_labels
 from semisam.data.dataset import CaseLoader
 from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
-from semisam.teacher.cache import CacheStore, cache_root, expected_manifest, teacher_identity
+from semisam.teacher.cache import CacheStore, cache_root, expected_manifest
+from semisam.teacher.engine import build_teacher
 from semisam.teacher.everything import everything_amg, everything_box_grid
 from semisam.teacher.priors import MaskRecord, best_mask_overlap, prior_maps
+from semisam.teacher.stores import identity_of
 from semisam.utils import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger("semisam")
@@ -110,36 +112,6 @@ class PrecomputeReport:
         return self.seconds / self.images if self.images else 0.0
 
 
-def identity_of(teacher) -> dict:
-    """Manifest identity of a built :class:`~semisam.teacher.engine.SamTeacher`."""
-    from semisam.teacher.engine import DTYPE_NAMES, TEACHER_VERSION
-
-    spec = teacher.spec
-    return teacher_identity(
-        spec.kind,
-        teacher.checkpoint_sha256,
-        spec.preprocessing,
-        spec.encoder_size,
-        TEACHER_VERSION,
-        DTYPE_NAMES[teacher.dtype],
-    )
-
-
-def identity_from_config(cfg: RunConfig) -> dict:
-    """Manifest identity of the configured teacher without building it (hashes the checkpoint file only)."""
-    from semisam.teacher.checkpoints import resolve_checkpoint
-    from semisam.teacher.engine import DTYPE_NAMES, TEACHER_VERSION, teacher_dtype
-    from semisam.teacher.models import get_spec
-    from semisam.utils import resolve_device
-
-    spec = get_spec(cfg.teacher.kind)
-    _, sha256 = resolve_checkpoint(cfg.teacher)
-    dtype = teacher_dtype(cfg.teacher.precision, resolve_device(cfg.teacher.device))
-    return teacher_identity(
-        spec.kind, sha256, spec.preprocessing, spec.encoder_size, TEACHER_VERSION, DTYPE_NAMES[dtype]
-    )
-
-
 def precompute_command(cfg_paths: Sequence[str] = ("<your config>",)) -> str:
     configs = " ".join(f"--config {p}" for p in cfg_paths)
     return f"python tools/precompute.py {configs}"
@@ -208,8 +180,6 @@ def precompute(
         keep_embeddings_of: the splits whose embeddings are kept (default: :func:`embedding_splits` of ``cfg``;
             a caller preparing a cache for several configs names them).
     """
-    from semisam.teacher.engine import build_teacher
-
     rank = distributed.rank() if rank is None else rank
     world_size = distributed.world_size() if world_size is None else world_size
     unknown = [s for s in splits if s not in SPLIT_NAMES]
@@ -503,20 +473,3 @@ def write_quality_report(
     preview_path = root / PREVIEW_NAME
     atomic_write_bytes(preview_path, buffer.getvalue())
     return summary_path, preview_path
-
-
-def open_prior_store(cfg: RunConfig, case_ids: Sequence[str]) -> CacheStore:
-    """The priors store for training/evaluation with ``priors.enabled``: refuses a missing or stale cache, or one
-    that lacks some of ``case_ids``, naming the command that makes it."""
-    store = CacheStore(cache_root(cfg), "priors")
-    command = f"python tools/precompute.py --config <this run's config> (cache: {store.dir})"
-    store.check(expected_manifest(cfg, "priors", identity_from_config(cfg)), command)
-    missing = store.missing(list(case_ids))
-    if missing:
-        from semisam.teacher.cache import CacheError
-
-        raise CacheError(
-            f"{store.dir} lacks prior maps for {len(missing)} of {len(case_ids)} cases (e.g. {missing[:3]}); "
-            f"complete it with: {command}"
-        )
-    return store
