@@ -23,6 +23,7 @@ from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine.trainer import Trainer
 from semisam.teacher.cache import CacheStore, cache_root, expected_manifest
+from semisam.workflow.train import build_trainer
 
 from .conftest import REPO, tiny_overrides
 
@@ -45,7 +46,7 @@ def _join(rank: int, port: int) -> None:
     assert distributed.init_from_env("cpu")
 
 
-def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+def _weights(trainer: "Trainer") -> dict[str, torch.Tensor]:
     state = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
     if trainer.ema is not None:
         state.update({f"ema.{k}": v.clone() for k, v in trainer.ema.module.state_dict().items()})
@@ -86,15 +87,15 @@ def _train_worker(rank: int, port: int, overrides: dict[str, list[str]], out) ->
     trainer_module.save_checkpoint = counting_save
     record: dict = {"saves": saves, "mean_of_ranks": distributed.all_reduce_mean({"x": float(rank)})["x"]}
     try:
-        straight = Trainer(load_config(DEMO, overrides["straight"]), progress=False)
+        straight = build_trainer(load_config(DEMO, overrides["straight"]), progress=False)
         record["iterations"] = straight.fit().iterations
-        Trainer(load_config(DEMO, overrides["killed"]), progress=False).fit(stop_at=4)
-        resumed = Trainer(load_config(DEMO, overrides["killed"]), progress=False)
+        build_trainer(load_config(DEMO, overrides["killed"]), progress=False).fit(stop_at=4)
+        resumed = build_trainer(load_config(DEMO, overrides["killed"]), progress=False)
         resumed.fit()
         record["resumed_iterations"] = resumed.iteration
         torch.save({"straight": _weights(straight), "resumed": _weights(resumed)}, out / f"rank{rank}.pt")
         try:  # a checkpoint of one process
-            Trainer(load_config(DEMO, overrides["single"]), progress=False).fit()
+            build_trainer(load_config(DEMO, overrides["single"]), progress=False).fit()
         except ConfigError as err:
             record["refused"] = str(err)
     finally:
@@ -106,7 +107,7 @@ def test_two_process_training_is_identical_on_every_rank_and_resumes_exactly(pha
     extra = {"method.name": "mean_teacher", "deterministic": "true"}
     overrides = {name: tiny_overrides(phantom_root, tmp_path / name, **extra) for name in ("straight", "killed")}
     overrides["single"] = tiny_overrides(phantom_root, tmp_path / "single", **extra)
-    Trainer(load_config(DEMO, overrides["single"]), progress=False).fit(stop_at=3)  # one process, then two
+    build_trainer(load_config(DEMO, overrides["single"]), progress=False).fit(stop_at=3)  # one process, then two
     out = tmp_path / "ranks"
     out.mkdir()
     _spawn(_train_worker, overrides, out)
@@ -180,15 +181,17 @@ def _precompute_worker(rank: int, port: int, overrides: list[str], train_overrid
         report = pc.precompute(load_config(DEMO, overrides), teacher=teacher, progress=False)
         record["report_computed"] = sorted(report.computed)
         # then semisam training with pseudo-label refreshes on that cache: rank 0 refreshes, rank 1 reads its banks
-        trainer = Trainer(load_config(DEMO, train_overrides), progress=False, teacher=teacher if rank == 0 else None)
+        trainer = build_trainer(
+            load_config(DEMO, train_overrides), progress=False, teacher=teacher if rank == 0 else None
+        )
         record["iterations"] = trainer.fit().iterations
-        bank = trainer.refresher.bank
+        bank = trainer.bank_source.bank
         digest = hashlib.sha256()
         for index in sorted(bank.entries):
             for array in (bank.entries[index].label, bank.entries[index].weight):
                 digest.update(np.ascontiguousarray(array).tobytes())
         record["bank"] = [bank.iteration, len(bank.entries), digest.hexdigest()]
-        record["has_teacher"] = hasattr(trainer.refresher, "teacher")
+        record["has_teacher"] = hasattr(trainer.bank_source, "teacher")
         torch.save(_weights(trainer), out / f"rank{rank}.pt")
     finally:
         (out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -244,7 +244,7 @@ def test_temporaries_of_a_killed_write_are_removed_on_the_next_write(tmp_path):
 
 
 def test_a_partial_metrics_row_is_dropped_on_resume(tmp_path):
-    from semisam.engine.run_logger import RunLogger
+    from semisam.run_logger import RunLogger
 
     log = RunLogger(tmp_path, 0)
     log.scalars(1, {"loss": 0.5})

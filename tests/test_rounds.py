@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from semisam.config.loader import load_config
-from semisam.config.schema import ConfigError
+from semisam.config.schema import ConfigError, uses_rounds
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
-from semisam.engine.run import train, uses_rounds
 from semisam.engine.trainer import Trainer
 from semisam.methods import SemiSAM
 from semisam.pseudolabel import rounds as rounds_module
@@ -28,10 +27,12 @@ from semisam.pseudolabel.reliability import (
     rank_by_reliability,
     select_reliable,
 )
-from semisam.pseudolabel.rounds import RoundData, round_config
+from semisam.pseudolabel.rounds import RoundData
 from semisam.student.checkpoint import load_checkpoint
 from semisam.teacher import precompute as pc
 from semisam.teacher import stores
+from semisam.workflow.rounds import round_config
+from semisam.workflow.train import train
 
 from .conftest import REPO, tiny_overrides
 from .test_semisam import LabelGuard
@@ -111,13 +112,15 @@ def test_round_configs(phantom_root, tmp_path):
 
 
 def test_a_round_needs_its_round_data(phantom_root, tmp_path):
-    with pytest.raises(ConfigError, match="mode=rounds is run by semisam.engine.run.train"):
+    with pytest.raises(
+        ConfigError, match="trains on the teacher's pseudo-labels: train it with semisam.workflow.train"
+    ):
         Trainer(round_config(_cfg(phantom_root, tmp_path), 1), progress=False)
 
 
 def test_a_round_weighs_its_pseudo_labels_fully_from_the_first_step(phantom_root, tmp_path):
     method = SemiSAM(round_config(_cfg(phantom_root, tmp_path), 1))
-    method.bank_source = RoundData([], None)  # type: ignore[arg-type]
+    method.bank_source = RoundData([])
     assert method.pseudo_label_weight(0) == method.cfg.pseudo_labels.weight
 
 
@@ -208,9 +211,15 @@ def test_a_round_starts_from_the_previous_weights(phantom_root, tmp_path, tiny_t
     unlabeled = resolve_split(cfg.data, build_reader(cfg.data).case_ids()).unlabeled
     from semisam.pseudolabel.labeler import PseudoLabelBank
 
-    data = RoundData([(unlabeled[0], -1)], PseudoLabelBank(iteration=0), first.checkpoint)
-    trainer = Trainer(round_config(cfg, 1), progress=False, teacher=tiny_teacher, round_data=data)
-    trainer._start_from(first.checkpoint)
+    data = RoundData([(unlabeled[0], -1)], PseudoLabelBank(iteration=0))
+    trainer = Trainer(
+        round_config(cfg, 1),
+        False,
+        bank_source=lambda ctx: data,
+        unlabeled_items=data.items,
+        init_weights=first.checkpoint,
+    )
+    trainer._begin(trainer.ckpt_dir / "last.pt")  # no last.pt: a fresh round starts from init_weights
     saved = load_checkpoint(first.checkpoint)["model"]
     assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())
     assert all(torch.equal(v, saved[k]) for k, v in trainer.ema.module.state_dict().items())
@@ -277,8 +286,8 @@ def test_rounds_on_a_backbone_train_the_whole_pool_with_the_teacher_on_the_selec
 
     def spy(self, round_cfg, *args, **kwargs):
         real_init(self, round_cfg, *args, **kwargs)
-        if kwargs.get("round_data") is not None:
-            seen["items"], seen["bank"] = self.unlabeled_items, kwargs["round_data"].bank
+        if kwargs.get("bank_source") is not None:
+            seen["items"], seen["bank"] = self.unlabeled_items, self.bank_source.bank
 
     monkeypatch.setattr(Trainer, "__init__", spy)
     train(cfg, progress=False, teacher=tiny_teacher)

@@ -15,12 +15,12 @@ from semisam.data.errors import DataError
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
-from semisam.engine.trainer import Trainer
 from semisam.methods import SemiSAM, build_method
 from semisam.pseudolabel import labeler as pl_module
 from semisam.pseudolabel.refresh import PseudoLabelRefresher
 from semisam.student.unet import build_student
 from semisam.teacher import precompute as pc
+from semisam.workflow.train import build_trainer
 
 from .conftest import REPO, scrambled_copy, tiny_overrides
 
@@ -75,7 +75,7 @@ def _guarded_run(cfg, teacher, monkeypatch, raise_errors=True):
     guard = LabelGuard(real, resolve_split(cfg.data, real.case_ids()).unlabeled)
     monkeypatch.setattr(trainer_module, "build_reader", lambda data_cfg: guard)
     try:
-        Trainer(cfg, progress=False, teacher=teacher).fit()
+        build_trainer(cfg, progress=False, teacher=teacher).fit()
     except DataError:
         if raise_errors:
             raise
@@ -108,7 +108,7 @@ def test_pseudo_labels_do_not_depend_on_the_labels_of_unlabeled_cases(phantom_ro
     for root, out in ((phantom_root, "true"), (scrambled, "scrambled")):
         cfg = _cfg(root, tmp_path, out)
         pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
-        Trainer(cfg, progress=False, teacher=tiny_teacher).fit()
+        build_trainer(cfg, progress=False, teacher=tiny_teacher).fit()
         runs.append(sorted((tmp_path / out / "pseudo_labels").glob("bank_*.npz")))
     assert len(runs[0]) == len(runs[1]) == 2
     for a, b in zip(*runs, strict=True):
@@ -152,10 +152,10 @@ def test_the_label_guard_catches_planted_leaks(phantom_root, tmp_path, tiny_teac
 def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_root, tmp_path, tiny_teacher):
     cfg = _cfg(phantom_root, tmp_path, "run", "pseudo_labels.min_model_dice=1.0")
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
-    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    trainer = build_trainer(cfg, progress=False, teacher=tiny_teacher)
     trainer.fit()
     assert not list((tmp_path / "run" / "pseudo_labels").glob("bank_*.npz"))
-    assert trainer.refresher.bank.entries == {}
+    assert trainer.bank_source.bank.entries == {}
     with (tmp_path / "run" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["iteration"] for r in rows if r["tag"] == "pseudo/skipped"] == ["2", "4"]
@@ -167,9 +167,9 @@ def test_refresh_is_skipped_while_the_model_cannot_find_the_structures(phantom_r
 def test_trust_is_calibrated_on_held_out_cases_spread_over_them(phantom_root, tmp_path, tiny_teacher):
     cfg = _cfg(phantom_root, tmp_path)
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
-    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
+    trainer = build_trainer(cfg, progress=False, teacher=tiny_teacher)
     split = trainer.split
-    calibration = [case_id for case_id, _ in trainer.refresher.calibration_items]
+    calibration = [case_id for case_id, _ in trainer.bank_source.calibration_items]
     # never the memorised labeled training images, nor an unlabeled one: the val cases, first to last
     assert len(calibration) == cfg.pseudo_labels.calibration_images == 3
     assert set(calibration) <= set(split.val)
@@ -179,8 +179,8 @@ def test_trust_is_calibrated_on_held_out_cases_spread_over_them(phantom_root, tm
 def test_unlabeled_batches_carry_a_strong_view_for_the_student(phantom_root, tmp_path, tiny_teacher):
     cfg = _cfg(phantom_root, tmp_path)
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
-    trainer = Trainer(cfg, progress=False, teacher=tiny_teacher)
-    assert trainer.method.bank_source is trainer.refresher  # the pseudo-label ramp follows the real banks
+    trainer = build_trainer(cfg, progress=False, teacher=tiny_teacher)
+    assert trainer.method.bank_source is trainer.bank_source  # the pseudo-label ramp follows the real banks
     batch = next(iter(trainer._loader(trainer.unlabeled_items, False, 2, 1)))
     assert batch["strong_image"].shape == batch["image"].shape
     assert not torch.equal(batch["strong_image"], batch["image"])  # photometric changes on top of the weak view
@@ -215,11 +215,11 @@ def test_pseudo_label_loss_gives_finite_nonzero_gradients(phantom_root, tmp_path
 def test_killed_after_a_refresh_resumes_on_the_same_bank(phantom_root, tmp_path, tiny_teacher):
     cfg_a = _cfg(phantom_root, tmp_path, "a")
     pc.precompute(cfg_a, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
-    straight = Trainer(cfg_a, progress=False, teacher=tiny_teacher)
+    straight = build_trainer(cfg_a, progress=False, teacher=tiny_teacher)
     straight.fit()
     cfg_b = _cfg(phantom_root, tmp_path, "b")
-    Trainer(cfg_b, progress=False, teacher=tiny_teacher).fit(stop_at=3)  # after the refresh at 2
-    resumed = Trainer(cfg_b, progress=False, teacher=tiny_teacher)
+    build_trainer(cfg_b, progress=False, teacher=tiny_teacher).fit(stop_at=3)  # after the refresh at 2
+    resumed = build_trainer(cfg_b, progress=False, teacher=tiny_teacher)
     resumed.fit()
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key

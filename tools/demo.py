@@ -26,9 +26,9 @@ def main() -> None:
     setup_logging()
     from semisam.config.loader import load_config
     from semisam.data.phantom import make_phantom
-    from semisam.engine.run import train
     from semisam.evaluation.report import format_summary
     from semisam.evaluation.runner import evaluate_checkpoint
+    from semisam.workflow.train import train
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", args.overrides)
     data_root = Path(cfg.data.root)

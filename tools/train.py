@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(args.log_level)
     from semisam import distributed
-    from semisam.engine.run import train
+    from semisam.workflow.train import train
 
     cfg = config_from_args(args)
     with distributed.session(cfg.device):  # joins torchrun's process group, if there is one

@@ -36,11 +36,18 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from semisam.benchmark.protocols import CONFIGS_DIR, MethodVariant, Protocol, Scale
-from semisam.config.loader import config_differences, load_config, unused_keys
+from semisam.config.loader import config_differences, config_to_dict, load_config, unused_keys
 from semisam.config.schema import ConfigError, RunConfig, trains_on_pseudo_labels, uses_rounds
+from semisam.engine.trainer import RESUMABLE_DIFFERENCES
 from semisam.evaluation.figures import save_figure
+from semisam.evaluation.runner import evaluate_checkpoint
+from semisam.pseudolabel.refine import evaluate_refined
+from semisam.teacher.engine import build_teacher
+from semisam.teacher.precompute import precompute
 from semisam.utils import atomic_write_text
 from semisam.version import environment_info
+from semisam.workflow.rounds import round0_ignored_keys, round_config
+from semisam.workflow.train import train
 
 logger = logging.getLogger("semisam")
 
@@ -300,9 +307,6 @@ class BenchmarkRunner:
         rounds without priors, ``supervised_priors`` with them, the backbone's own run for rounds on a backbone):
         that run's checkpoint stands for their round 0 (``pseudo_labels.round0_checkpoint``), so each seed trains
         it once. Returns ``{(method, seed): provider}``."""
-        from semisam.config.loader import config_to_dict
-        from semisam.pseudolabel.rounds import round0_ignored_keys, round_config
-
         providers = {}
         for (name, seed), cfg in self.configs.items():
             if not uses_rounds(cfg) or cfg.pseudo_labels.round0_checkpoint:
@@ -332,14 +336,10 @@ class BenchmarkRunner:
     def prepare_teacher(self) -> None:
         """Build the teacher once and fill the shared cache (embeddings; priors if a method uses them)."""
         cfg, need_priors = self._teacher_config()
-        from semisam.teacher.engine import build_teacher
-
         if self.refine:  # test-time refinement needs the teacher for every method (its embeddings come lazily)
             self.teacher = self.teacher or build_teacher(self.configs[(self.methods[0].name, self.seeds[0])].teacher)
         if cfg is None:
             return
-        from semisam.teacher.precompute import precompute
-
         self.teacher = self.teacher or build_teacher(cfg.teacher)
         cfgs = [self.configs[(m.name, self.seeds[0])] for m in self.methods]
         pseudo = any(trains_on_pseudo_labels(c) for c in cfgs)
@@ -386,9 +386,6 @@ class BenchmarkRunner:
 
     def run_one(self, method: MethodVariant, seed: int) -> RunRecord:
         """Train (or resume) and score one run; a run already scored is read back."""
-        from semisam.engine.run import train
-        from semisam.evaluation.runner import evaluate_checkpoint
-
         cfg = self.configs[(method.name, seed)]
         run_dir = Path(cfg.output_dir)
         summary_path = run_dir / "eval_test" / "summary.json"
@@ -454,8 +451,6 @@ class BenchmarkRunner:
         if path.exists():
             record.refined = json.loads(path.read_text())
         elif self.refine:
-            from semisam.pseudolabel.refine import evaluate_refined
-
             checkpoint = Path(record.run_dir) / "checkpoints" / f"{record.checkpoint}.pt"
             logger.info("%s seed %d: refining the test predictions of %s", record.method, record.seed, checkpoint)
             evaluate_refined(checkpoint, "test", progress=self.progress, teacher=self.teacher)
@@ -465,8 +460,6 @@ class BenchmarkRunner:
     @staticmethod
     def _check_scored_config(cfg: RunConfig, run_dir: Path) -> None:
         """A scored run is reused only if it was trained with the config this benchmark would use now."""
-        from semisam.engine.trainer import RESUMABLE_DIFFERENCES
-
         saved_path = run_dir / "config.yaml"
         if not saved_path.exists():
             raise ConfigError(f"{run_dir} is scored but has no config.yaml, so its settings cannot be checked")

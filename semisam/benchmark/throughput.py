@@ -27,11 +27,15 @@ import torch
 from semisam.config.loader import config_from_dict, config_to_dict
 from semisam.config.schema import RunConfig
 from semisam.data.dataset import expand_to_slices
+from semisam.data.fusion import student_in_channels
 from semisam.data.memory import SliceStore
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
+from semisam.engine.ema import StudentEMA
+from semisam.methods import build_method
 from semisam.methods.losses import SupervisedLoss
 from semisam.student.unet import build_student
+from semisam.workflow.train import build_trainer
 
 
 @dataclass
@@ -94,8 +98,6 @@ def plain_loop(cfg: RunConfig, steps: int, warmup: int, window: int = 10) -> Thr
 def project_loop(cfg: RunConfig, steps: int, warmup: int, window: int = 10) -> Throughput:
     """``Trainer.fit`` for ``warmup + steps`` iterations of ``cfg`` (its method, data pipeline and schedule), in a
     temporary run directory; validation, checkpoints and image grids only after the last step (not timed)."""
-    from semisam.engine.trainer import Trainer
-
     total = warmup + steps
     with tempfile.TemporaryDirectory() as tmp:
         data = config_to_dict(cfg)
@@ -106,7 +108,7 @@ def project_loop(cfg: RunConfig, steps: int, warmup: int, window: int = 10) -> T
             iterations=total, val_every=0, checkpoint_every=0, image_every=0, log_every=window, warmup_iterations=warm
         )
         run_cfg = config_from_dict(data)
-        Trainer(run_cfg, progress=False).fit()
+        build_trainer(run_cfg, progress=False).fit()
         with (Path(tmp) / "run" / "metrics.csv").open(newline="") as f:
             rows = [(int(r["iteration"]), float(r["value"])) for r in csv.DictReader(f) if r["tag"] == "time/iter_s"]
     times = [value for iteration, value in rows if iteration - window >= warmup]
@@ -118,10 +120,6 @@ def method_step_seconds(cfg: RunConfig, steps: int = 4, warmup: int = 2, iterati
     (and the EMA update where it keeps one) on random batches of the config's batch sizes and image size, without
     the data pipeline. The median of ``steps`` steps after ``warmup``. ``iteration``: the step index passed to the
     method (default: the middle of the run, past BCP's pre-training and any warm-up)."""
-    from semisam.data.fusion import student_in_channels
-    from semisam.engine.ema import StudentEMA
-    from semisam.methods import build_method
-
     method = build_method(cfg)
     channels, classes = student_in_channels(cfg), cfg.data.num_classes
     model = build_student(cfg.student, channels, classes).train()

@@ -1,7 +1,10 @@
 """The training loop: batches in, optimiser steps, EMA, validation, checkpoints, records.
 
 The loss of each method lives in :mod:`semisam.methods`; data, student, optimiser and evaluation are
-built by their own modules. A run directory holds ``config.yaml``, ``environment.json``,
+built by their own modules. The trainer knows no method and no pseudo-label machinery by name: it reads what the
+method declares (unlabeled data, EMA, strong views), and what a method trains on besides its batches (the bank of
+the teacher's pseudo-labels, refreshed online or fixed for a round) is a part passed in by the caller
+(:mod:`semisam.workflow.train`). A run directory holds ``config.yaml``, ``environment.json``,
 ``checkpoints/{last,best}.pt``, ``tensorboard/`` and ``metrics.csv``. If ``checkpoints/last.pt`` exists, the
 run resumes from it (same config required), with model, EMA, optimiser, scheduler, scaler, RNG state and data
 order restored, so that it ends where an uninterrupted run would.
@@ -19,8 +22,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,8 +33,9 @@ from tqdm.auto import tqdm
 
 from semisam import distributed
 from semisam.config.loader import config_differences, config_to_dict, save_config
-from semisam.config.schema import ConfigError, RefineConfig, RunConfig, trains_on_pseudo_labels, uses_rounds
+from semisam.config.schema import ConfigError, RefineConfig, RunConfig, trains_on_pseudo_labels
 from semisam.data.dataset import (
+    Item,
     IterationBatchSampler,
     SliceDataset,
     check_labeled_cases,
@@ -38,16 +44,18 @@ from semisam.data.dataset import (
 )
 from semisam.data.fusion import fuse_priors, student_in_channels
 from semisam.data.memory import SliceStore
-from semisam.data.readers import build_reader
+from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.engine.ema import StudentEMA
 from semisam.engine.optim import build_optimizer, build_scheduler
 from semisam.engine.rng import capture_rng, restore_rng
-from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.evaluation.inference import evaluate_cases
 from semisam.methods import build_method
+from semisam.methods.base import BankSource, StepOutput
+from semisam.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.student.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from semisam.student.unet import build_student
+from semisam.teacher.cache import CacheStore
 from semisam.teacher.stores import open_prior_store
 from semisam.utils import atomic_write_text, autocast_dtype, resolve_device, seed_everything
 from semisam.version import environment_info
@@ -87,14 +95,62 @@ class TrainResult:
         return self.best_checkpoint if self.selected == "best" else self.last_checkpoint
 
 
-class Trainer:
-    """Trains a student as configured. ``Trainer(cfg).fit()``."""
+@dataclass
+class RunContext:
+    """The data side of a run, built by the trainer and handed to the parts passed in (a bank source's factory):
+    the reader, the split, the labeled and unlabeled training slices, the priors store (``None`` without priors),
+    the device and the run directory."""
 
-    def __init__(self, cfg: RunConfig, progress: bool = True, teacher=None, round_data=None) -> None:
-        """``teacher``: an already built teacher for the pseudo-labels (default: built from ``cfg.teacher``).
-        ``round_data``: for a self-training round (``pseudo_labels.mode=rounds``), the selected unlabeled items,
-        their fixed bank and the weights to start from (:class:`semisam.pseudolabel.rounds.RoundData`; the rounds
-        driver :class:`~semisam.pseudolabel.rounds.SelfTraining` builds it)."""
+    reader: CaseReader
+    split: Split
+    labeled_items: list[Item]
+    unlabeled_items: list[Item]
+    priors: CacheStore | None
+    device: torch.device
+    run_dir: Path
+
+
+class BankSchedule(BankSource, Protocol):
+    """Where the unlabeled batches' pseudo-labels come from, and when they change: the online refresher
+    (:class:`semisam.pseudolabel.refresh.PseudoLabelRefresher`) or a self-training round's fixed bank
+    (:class:`semisam.pseudolabel.rounds.RoundData`)."""
+
+    bank: Any  # a PseudoLabelBank: ``entries`` keyed by position in the unlabeled items
+    seconds: float
+
+    def is_due(self, iteration: int) -> bool: ...
+
+    def refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger | NullRunLogger) -> Any: ...
+
+    def resume(self, iteration: int) -> None: ...
+
+
+BankSourceFactory = Callable[[RunContext], BankSchedule]
+
+
+class Trainer:
+    """Trains a student as configured. ``Trainer(cfg).fit()``.
+
+    Args:
+        cfg: the run's config.
+        progress: tqdm bars (rank 0 only).
+        bank_source: for a method that trains on the teacher's pseudo-labels, a factory that builds the bank
+            source from the run's data (:class:`RunContext`); :func:`semisam.workflow.train.build_trainer` and the
+            rounds pass it. Called once, after the data and before the student are built.
+        unlabeled_items: the unlabeled slices to train on instead of the split's whole pool (a round that trains
+            on the selected images only).
+        init_weights: a checkpoint whose student weights a fresh run starts from (a round that continues the
+            last one); optimiser and schedule start anew, the EMA from those weights.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        progress: bool = True,
+        bank_source: BankSourceFactory | None = None,
+        unlabeled_items: Sequence[Item] | None = None,
+        init_weights: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.main = distributed.is_main()  # the process that validates, records and writes files
         self.progress = progress and self.main
@@ -102,61 +158,73 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = distributed.local_device(resolve_device(cfg.device))
         self.amp_dtype = autocast_dtype(cfg.schedule.amp, self.device)
+        self.init_weights = init_weights
         seed_everything(cfg.seed, cfg.deterministic)
+        self.method = None  # built with the data: the method says whether the unlabeled pool is read
+        self.context = self._build_data(unlabeled_items)
+        self.bank_source = self._attach_bank_source(bank_source)  # before the student: a teacher may draw weights
+        self.stores = self._build_stores()
+        self._build_model()
+        self.iteration = 0
+        self.best_metric = -math.inf
+        self.best_iteration = -1
 
-        self.reader = build_reader(cfg.data)
-        self.split: Split = resolve_split(cfg.data, self.reader.case_ids())
-        require_labels(self.reader, self.split.val, "val")  # before any step, not at the first validation
+    # ------------------------------------------------------------------ construction
+    def _build_data(self, unlabeled_items: Sequence[Item] | None) -> RunContext:
+        """Reader, split, method, training slices and priors store (labels of val checked before any step)."""
+        cfg = self.cfg
+        reader = build_reader(cfg.data)
+        split: Split = resolve_split(cfg.data, reader.case_ids())
+        require_labels(reader, split.val, "val")  # before any step, not at the first validation
         self.method = build_method(cfg)
-        self.labeled_items = expand_to_slices(self.reader, self.split.labeled)
-        self.round_data = round_data
-        if round_data is not None:  # a self-training round: only the selected pseudo-labeled images
-            self.unlabeled_items = list(round_data.items)
+        labeled = expand_to_slices(reader, split.labeled)
+        if unlabeled_items is not None:
+            unlabeled = list(unlabeled_items)
         elif self.method.uses_unlabeled:
-            self.unlabeled_items = expand_to_slices(self.reader, self.split.unlabeled)
+            unlabeled = expand_to_slices(reader, split.unlabeled)
         else:
-            self.unlabeled_items = []
-        if self.method.uses_unlabeled and not self.unlabeled_items:
+            unlabeled = []
+        if self.method.uses_unlabeled and not unlabeled:
             raise ConfigError(f"method.name={cfg.method.name} needs unlabeled data, but the split has none")
-
-        self.priors = None
+        priors = None
         if cfg.priors.enabled:
-            unlabeled_cases = sorted({case for case, _ in self.unlabeled_items})  # none for a supervised run
-            self.priors = open_prior_store(cfg, [*self.split.labeled, *unlabeled_cases, *self.split.val])
-        self.refresher = None
-        if uses_rounds(cfg):
-            if round_data is None:
-                raise ConfigError(
-                    "pseudo_labels.mode=rounds is run by semisam.engine.run.train (tools/train.py), which trains "
-                    "round 0 and builds each round's bank; a Trainer alone trains one round given its RoundData"
-                )
-            self.refresher = round_data
-            self.method.bank_source = round_data
-        elif trains_on_pseudo_labels(cfg):
-            from semisam.pseudolabel.refresh import PseudoLabelRefresher
+            unlabeled_cases = sorted({case for case, _ in unlabeled})  # none for a supervised run
+            priors = open_prior_store(cfg, [*split.labeled, *unlabeled_cases, *split.val])
+        return RunContext(reader, split, labeled, unlabeled, priors, self.device, self.run_dir)
 
-            self.refresher = PseudoLabelRefresher(
-                cfg,
-                self.reader,
-                expand_to_slices(self.reader, self.split.val),  # held-out labels calibrate trust, not memorised ones
-                self.unlabeled_items,
-                self.priors,
-                self.device,
-                self.run_dir,
-                teacher,
-            )
-            self.method.bank_source = self.refresher  # the pseudo-label ramp starts at the first real bank
-        # every training slice decoded, normalised and resized once (a bad file stops the run here, named)
-        self.stores: dict[bool, SliceStore | None] = {True: None, False: None}
+    def _attach_bank_source(self, factory: BankSourceFactory | None) -> BankSchedule | None:
+        """Build the bank source from the run's data and tell the method where its banks come from."""
+        if factory is None:
+            if trains_on_pseudo_labels(self.cfg):
+                raise ConfigError(
+                    f"method.name={self.cfg.method.name} trains on the teacher's pseudo-labels: train it with "
+                    "semisam.workflow.train (tools/train.py), which gives the trainer its bank source (the online "
+                    "refresher, or a round's bank)"
+                )
+            return None
+        source = factory(self.context)
+        self.method.bank_source = source  # the pseudo-label ramp starts at the first real bank
+        return source
+
+    def _build_stores(self) -> dict[bool, SliceStore | None]:
+        """Every training slice decoded, normalised and resized once (``data.in_memory``; a bad file stops the run
+        here, named), keyed by ``labeled``."""
+        cfg, ctx = self.cfg, self.context
+        stores: dict[bool, SliceStore | None] = {True: None, False: None}
         if cfg.data.in_memory:
-            check_labeled_cases(self.reader, self.split.labeled, cfg.data)  # the labels' own message first
-            self.stores[True] = SliceStore.build(
-                self.reader, self.labeled_items, cfg.data, True, self.priors, self.progress, "labeled"
+            check_labeled_cases(ctx.reader, ctx.split.labeled, cfg.data)  # the labels' own message first
+            stores[True] = SliceStore.build(
+                ctx.reader, ctx.labeled_items, cfg.data, True, ctx.priors, self.progress, "labeled"
             )
             if self.method.uses_unlabeled:
-                self.stores[False] = SliceStore.build(
-                    self.reader, self.unlabeled_items, cfg.data, False, self.priors, self.progress, "unlabeled"
+                stores[False] = SliceStore.build(
+                    ctx.reader, ctx.unlabeled_items, cfg.data, False, ctx.priors, self.progress, "unlabeled"
                 )
+        return stores
+
+    def _build_model(self) -> None:
+        """The student, its EMA (if the method keeps one), the DDP wrapper, optimiser, schedule and scaler."""
+        cfg = self.cfg
         self.in_channels = student_in_channels(cfg)
         self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
@@ -164,9 +232,27 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), cfg.schedule)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.iteration = 0
-        self.best_metric = -math.inf
-        self.best_iteration = -1
+
+    # the run's data, by the names the loop reads
+    @property
+    def reader(self) -> CaseReader:
+        return self.context.reader
+
+    @property
+    def split(self) -> Split:
+        return self.context.split
+
+    @property
+    def labeled_items(self) -> list[Item]:
+        return self.context.labeled_items
+
+    @property
+    def unlabeled_items(self) -> list[Item]:
+        return self.context.unlabeled_items
+
+    @property
+    def priors(self) -> CacheStore | None:
+        return self.context.priors
 
     # ------------------------------------------------------------------ state
     def _state(self, rank_rng: list | None = None) -> dict:
@@ -242,7 +328,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self, items, labeled: bool, batch_size: int, seed_offset: int) -> DataLoader:
-        bank = self.refresher.bank if (self.refresher is not None and not labeled) else None
+        bank = self.bank_source.bank if (self.bank_source is not None and not labeled) else None
         strong = 0 if labeled else self.method.strong_views()  # the views the method asks for
         dataset = SliceDataset(
             self.reader,
@@ -283,12 +369,48 @@ class Trainer:
             stop_at: stop early after this iteration (checkpoint written), as a killed job would; the same
                 config run again resumes there. For time-boxed jobs and tests.
         """
-        cfg, sc = self.cfg, self.cfg.schedule
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        sc = self.cfg.schedule
         last, best = self.ckpt_dir / "last.pt", self.ckpt_dir / "best.pt"
+        rng_state = self._begin(last)
+        log = RunLogger(self.run_dir, self.iteration) if self.main else NullRunLogger()
+        if self.bank_source is not None:
+            self.bank_source.resume(self.iteration)
+        distributed.barrier()  # every rank has read last.pt and the bank before rank 0 may write new ones
+        # The samplers end at the last iteration, so each loader is iterated exactly once.
+        self._labeled_batches = iter(self._loader(self.labeled_items, True, sc.batch_size, 0))
+        self._unlabeled_batches = self._unlabeled_loader() if self.method.uses_unlabeled else None
+        if rng_state is not None:
+            restore_rng(rng_state)
+        self.model.train()
+        bar = tqdm(
+            total=sc.iterations, initial=self.iteration, desc="train", disable=not self.progress, dynamic_ncols=True
+        )
+        self._tic = time.perf_counter()
+        end = sc.iterations if stop_at is None else min(stop_at, sc.iterations)
+        try:
+            while self.iteration < end:
+                self._refresh_if_due(log)
+                out, batch_l = self._step(last)
+                bar.update(1)
+                self._after_step(out, batch_l, log, bar, best)
+                if (sc.checkpoint_every and self.iteration % sc.checkpoint_every == 0) or self.iteration in (
+                    sc.iterations,
+                    end,
+                ):
+                    self._save_last(last)
+        finally:
+            bar.close()
+            log.close()
+        return self._end(last, best)
+
+    def _begin(self, last: Path) -> dict | None:
+        """Resume from ``last`` (returning the RNG state to restore once the loaders exist), or start from
+        ``init_weights``; write the run's records; log what the run is."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         rng_state = self._resume(last) if last.exists() else None
-        if rng_state is None and self.round_data is not None and self.round_data.init_checkpoint is not None:
-            self._start_from(self.round_data.init_checkpoint)
+        if rng_state is None and self.init_weights is not None:
+            self._start_from(self.init_weights)
         if self.main:
             save_config(cfg, self.run_dir / "config.yaml")
             atomic_write_text(self.run_dir / "environment.json", json.dumps(environment_info(), indent=2))
@@ -303,72 +425,58 @@ class Trainer:
             f" ({self.amp_dtype})" if self.amp_dtype else "",
             f", {distributed.world_size()} processes" if distributed.is_distributed() else "",
         )
-        log = RunLogger(self.run_dir, self.iteration) if self.main else NullRunLogger()
-        if self.refresher is not None:
-            self.refresher.resume(self.iteration)
-        distributed.barrier()  # every rank has read last.pt and the bank before rank 0 may write new ones
-        # The samplers end at the last iteration, so each loader is iterated exactly once.
-        labeled_batches = iter(self._loader(self.labeled_items, True, sc.batch_size, 0))
-        unlabeled_batches = (
-            iter(self._loader(self.unlabeled_items, False, sc.unlabeled_batch_size, 1))
-            if self.method.uses_unlabeled
-            else None
-        )
-        if rng_state is not None:
-            restore_rng(rng_state)
-        self.model.train()
-        bar = tqdm(
-            total=sc.iterations,
-            initial=self.iteration,
-            desc="train",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        tic = time.perf_counter()
-        try:
-            end = sc.iterations if stop_at is None else min(stop_at, sc.iterations)
-            while self.iteration < end:
-                if self.refresher is not None and self.refresher.is_due(self.iteration):
-                    if self.refresher.bank.iteration != self.iteration:  # not already done before a restart
-                        self.refresher.refresh(self._prompting_model(), self.iteration, log)
-                    unlabeled_batches = iter(  # workers must see the new bank
-                        self._loader(self.unlabeled_items, False, sc.unlabeled_batch_size, 1)
-                    )
-                batch_l = self._inputs(next(labeled_batches))
-                batch_u = self._inputs(next(unlabeled_batches)) if unlabeled_batches else None
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    out = self.method.step(self.train_model, self.ema, batch_l, batch_u, self.iteration)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"loss is {out.loss.item()} at iteration {self.iteration}; last good state is {last}"
-                    )
-                self._optimise(out.loss)
-                distributed.average_buffers_(self.model)  # batch-norm statistics equal on every rank
-                if self.ema is not None:  # alpha_t uses the 0-based index of the step just taken (SSL4MIS)
-                    self.ema.update(self.model, self.iteration)
-                self.iteration += 1
-                bar.update(1)
-                it = self.iteration
-                if sc.log_every and it % sc.log_every == 0:
-                    logs = {**distributed.all_reduce_mean(out.logs), "lr": self.optimizer.param_groups[0]["lr"]}
-                    logs["time/iter_s"] = (time.perf_counter() - tic) / sc.log_every
-                    tic = time.perf_counter()
-                    log.scalars(it, logs)
-                    bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}")
-                if self.main and sc.image_every and (it % sc.image_every == 0 or it == 1):
-                    self._log_images(log, out.preview, it, batch_l.get("priors"))
-                if self.main and ((sc.val_every and it % sc.val_every == 0) or it == sc.iterations):
-                    self._validate(log, best)
-                if (sc.checkpoint_every and it % sc.checkpoint_every == 0) or it in (sc.iterations, end):
-                    self._save_last(last)
-        finally:
-            bar.close()
-            log.close()
-        if self.main and self.iteration == sc.iterations and not best.exists():  # no validation: last is best
-            save_checkpoint(best, self._state())
+        return rng_state
+
+    def _unlabeled_loader(self):
+        return iter(self._loader(self.unlabeled_items, False, self.cfg.schedule.unlabeled_batch_size, 1))
+
+    def _refresh_if_due(self, log: RunLogger | NullRunLogger) -> None:
+        """Refresh the bank before the step of this iteration if it is due, and restart the unlabeled loader so
+        that its workers see the new bank."""
+        source = self.bank_source
+        if source is None or not source.is_due(self.iteration):
+            return
+        if source.bank.iteration != self.iteration:  # not already done before a restart
+            source.refresh(self._prompting_model(), self.iteration, log)
+        self._unlabeled_batches = self._unlabeled_loader()
+
+    def _step(self, last: Path) -> tuple[StepOutput, dict]:
+        """One optimiser step on the next batches; returns the method's output and the labeled batch."""
+        batch_l = self._inputs(next(self._labeled_batches))
+        batch_u = self._inputs(next(self._unlabeled_batches)) if self._unlabeled_batches else None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.method.step(self.train_model, self.ema, batch_l, batch_u, self.iteration)
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(
+                f"loss is {out.loss.item()} at iteration {self.iteration}; last good state is {last}"
+            )
+        self._optimise(out.loss)
+        distributed.average_buffers_(self.model)  # batch-norm statistics equal on every rank
+        if self.ema is not None:  # alpha_t uses the 0-based index of the step just taken (SSL4MIS)
+            self.ema.update(self.model, self.iteration)
+        self.iteration += 1
+        return out, batch_l
+
+    def _after_step(self, out: StepOutput, batch_l: dict, log: RunLogger | NullRunLogger, bar, best: Path) -> None:
+        """Scalars, image grids and validation as the schedule says, after the step that made ``iteration``."""
+        sc, it = self.cfg.schedule, self.iteration
+        if sc.log_every and it % sc.log_every == 0:
+            logs = {**distributed.all_reduce_mean(out.logs), "lr": self.optimizer.param_groups[0]["lr"]}
+            logs["time/iter_s"] = (time.perf_counter() - self._tic) / sc.log_every
+            self._tic = time.perf_counter()
+            log.scalars(it, logs)
+            bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}")
+        if self.main and sc.image_every and (it % sc.image_every == 0 or it == 1):
+            self._log_images(log, out.preview, it, batch_l.get("priors"))
+        if self.main and ((sc.val_every and it % sc.val_every == 0) or it == sc.iterations):
+            self._validate(log, best)
+
+    def _end(self, last: Path, best: Path) -> TrainResult:
+        if self.main and self.iteration == self.cfg.schedule.iterations and not best.exists():  # no validation
+            save_checkpoint(best, self._state())  # last is best
         distributed.barrier()  # rank 0's files are written when fit returns on any rank
         return TrainResult(
-            self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best, cfg.eval.checkpoint
+            self.run_dir, self.iteration, self.best_metric, self.best_iteration, last, best, self.cfg.eval.checkpoint
         )
 
     def _inputs(self, batch: dict) -> dict:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from semisam.config.schema import ConfigError
+from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.evaluation.figures import save_metric_bar_figure, save_prediction_figure
@@ -50,39 +50,37 @@ def evaluate_checkpoint(
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
     student = load_student(checkpoint, config_paths, overrides, weights)
-    cfg, model, device = student.config, student.model, student.device
-
+    cfg = student.config
     reader = build_reader(cfg.data)
     cases = getattr(resolve_split(cfg.data, reader.case_ids()), split)
     if not cases:
         raise ConfigError(f"split {split!r} of data set {cfg.data.name!r} has no cases")
     out = Path(out_dir) if out_dir else checkpoint.parent.parent / f"eval_{split}"
     logger.info(
-        "evaluating %s (%s weights) on %d %s cases of %s",
-        checkpoint,
-        weights,
-        len(cases),
-        split,
-        cfg.data.name,
+        "evaluating %s (%s weights) on %d %s cases of %s", checkpoint, weights, len(cases), split, cfg.data.name
     )
-    priors = None
-    if cfg.priors.enabled:
-        priors = open_prior_store(cfg, cases)
     acc, kept = evaluate_cases(
-        model,
+        student.model,
         reader,
         cases,
         cfg.data,
         cfg.eval,
-        device,
+        student.device,
         cfg.eval.metrics,
-        autocast_dtype(cfg.schedule.amp, device),
+        autocast_dtype(cfg.schedule.amp, student.device),
         keep=cfg.eval.figure_cases,
         progress=progress,
-        priors=priors,
+        priors=open_prior_store(cfg, cases) if cfg.priors.enabled else None,
         priors_cfg=cfg.priors,
     )
     summary = write_report(out, acc)
+    _write_figures(out, cfg, summary, kept)
+    logger.info("wrote %s", out)
+    return summary
+
+
+def _write_figures(out: Path, cfg: RunConfig, summary: dict, kept: list[dict]) -> None:
+    """``predictions.png`` (the kept cases: image, reference, prediction) and ``dice_per_class.png``."""
     if kept:
         save_prediction_figure(
             out / "predictions.png",
@@ -96,5 +94,3 @@ def evaluate_checkpoint(
         )
     if "dice" in cfg.eval.metrics:
         save_metric_bar_figure(out / "dice_per_class.png", summary)
-    logger.info("wrote %s", out)
-    return summary

@@ -15,15 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from semisam.config.schema import RELIABILITY_RULES, ConfigError, RunConfig
+from semisam.config.schema import RELIABILITY_RULES, RunConfig
 from semisam.data.dataset import CaseLoader, expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
-from semisam.pseudolabel.labeler import PseudoLabeler, PseudoLabelResult, score_against_labels, spread
+from semisam.pseudolabel.labeler import PseudoLabeler, PseudoLabelResult, score_against_labels
+from semisam.pseudolabel.pipeline import calibrate_then_label, calibration_items, initial_trust
 from semisam.pseudolabel.reliability import rank_by_reliability, select_reliable
-from semisam.teacher.cache import CacheStore, cache_root
+from semisam.teacher.engine import build_teacher
 from semisam.teacher.precompute import precompute
-from semisam.teacher.stores import open_prior_store
+from semisam.teacher.stores import open_embedding_store, open_prior_store
 
 logger = logging.getLogger("semisam")
 
@@ -38,35 +39,29 @@ def analyze_pseudo_labels(
     Returns:
         the scores, and per item ``(image (C, H, W), result, held-back label (H, W))``.
     """
-    from semisam.teacher.engine import build_teacher
-
     teacher = teacher or build_teacher(cfg.teacher)
     reader = build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())
     # trust is calibrated on held-out labeled cases (val), as in training
     precompute(cfg, teacher=teacher, splits=["unlabeled", "val"], limit=limit, progress=progress, priors=False)
-    priors = None
-    if cfg.priors.enabled:
-        priors = open_prior_store(cfg, [*split.val[:limit], *split.unlabeled[:limit]])
-    labeler = PseudoLabeler(
-        cfg, teacher, CaseLoader(reader, cfg.data, priors), CacheStore(cache_root(cfg), "embeddings"), priors, device
-    )
+    priors = open_prior_store(cfg, [*split.val[:limit], *split.unlabeled[:limit]]) if cfg.priors.enabled else None
+    embeddings = open_embedding_store(cfg, teacher, [*split.val[:limit], *split.unlabeled[:limit]])
+    labeler = PseudoLabeler(cfg, teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device)
     model.to(device).eval()
-    trusted = dict.fromkeys(range(1, cfg.data.num_classes), cfg.pseudo_labels.trust != "none")
-    scores: dict = {}
-    if cfg.pseudo_labels.trust == "calibrate":
-        calib = spread(expand_to_slices(reader, split.val[:limit]), cfg.pseudo_labels.calibration_images)
-        if not calib:
-            raise ConfigError("pseudo_labels.trust=calibrate needs val cases (data.split.val) to calibrate on")
-        labels = [labeler.loader.label_slice(c, k) for c, k in calib]
-        trusted, calibration, _ = labeler.calibrate(model, calib, labels, seed=cfg.seed)
-        scores["calibration"] = calibration
+    calibration = calibration_items(cfg, expand_to_slices(reader, split.val[:limit]))
     items = expand_to_slices(reader, split.unlabeled[:limit])
-    results, stats = labeler.label(model, items, trusted, seed=cfg.seed + 1)
+    # the analysis labels whatever the student's score: it reports that score instead of gating on it
+    labeling = calibrate_then_label(
+        labeler, model, items, calibration, initial_trust(cfg), seed=cfg.seed, min_model_dice=0.0
+    )
+    results, trusted = labeling.results, labeling.calibration.trusted
+    scores: dict = {}
+    if labeling.calibration.calibrated:
+        scores["calibration"] = labeling.calibration.scalars
     held_back = [labeler.loader.label_slice(c, k) for c, k in items]  # analysis only: never part of training
     scores.update(score_against_labels(results, held_back, cfg.data.num_classes))
     scores["reliability"] = reliability_report(results, held_back, cfg.data.num_classes)
-    scores["refresh"] = stats.scalars()
+    scores["refresh"] = labeling.stats.scalars()
     scores["trusted"] = {str(k): v for k, v in trusted.items()}
     images = [labeler.loader.image_slice(c, k) for c, k in items]
     return scores, list(zip(images, results, held_back, strict=True))

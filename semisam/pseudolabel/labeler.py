@@ -366,23 +366,37 @@ class PseudoLabeler:
         pl = self.cfg.pseudo_labels
         if scope not in CALIBRATION_SCOPES:
             raise ValueError(f"scope={scope!r} is not one of {', '.join(CALIBRATION_SCOPES)}")
+        everyone = dict.fromkeys(range(1, self.cfg.data.num_classes), True)
+        stats, model_dice = self._calibration_counts(model, items, labels, seed, scope)
+        decisions = trust_decisions(
+            stats["teacher"],
+            stats["model"],
+            everyone if previous is None else previous,
+            pl.trust_margin if margin is None else margin,
+            pl.trust_noise_sigmas if noise_sigmas is None else noise_sigmas,
+            seed,
+        )
+        scalars = self._report_calibration(decisions, scope, len(items))
+        model_mean = _nanmean([_nanmean(v) for v in model_dice.values()])
+        scalars["calibration/model_dice_mean"] = model_mean
+        return {k: d.trusted for k, d in decisions.items()}, scalars, model_mean
+
+    def _calibration_counts(
+        self, model: torch.nn.Module, items: Sequence[Item], labels: Sequence[np.ndarray], seed: int, scope: str
+    ) -> tuple[dict[str, dict[int, DiceCounts]], dict[int, list[float]]]:
+        """Per side (``teacher``, ``model``) and class, the Dice counts of every item on the pixels the scope
+        judges (:meth:`calibrate`); and per class the model's own Dice on every item over all pixels."""
         num_classes = self.cfg.data.num_classes
-        everyone = dict.fromkeys(range(1, num_classes), True)
+        classes = list(range(1, num_classes))
         counts: dict[str, dict[int, list[tuple[float, float, float]]]] = {"teacher": {}, "model": {}}
-        model_dice: dict[int, list[float]] = {k: [] for k in everyone}
-        decoded = self._decoded(model, items, list(everyone), seed, batch_size=8)
+        model_dice: dict[int, list[float]] = {k: [] for k in classes}
+        decoded = self._decoded(model, items, classes, seed, batch_size=8)
         for (probs, sets, maps), ref in zip(decoded, labels, strict=True):
             model_label = probs.argmax(0)
-            for k in everyone:
+            for k in classes:
                 own_sets = [i for i, (prompt, _) in enumerate(sets) if prompt.class_index == k]
                 res = self._result(probs, [sets[i] for i in own_sets], [maps[i] for i in own_sets])
-                if scope == "output":
-                    own = np.ones(ref.shape, dtype=bool)
-                    refined = output_label(res.rectified, probs)
-                else:
-                    teacher_sure = res.rectified.source == SOURCE_TEACHER
-                    own = teacher_sure & res.covered[k] if k in res.covered else np.zeros_like(teacher_sure)
-                    refined = res.rectified.label
+                own, refined = _judged_pixels(res, probs, k, scope, ref.shape)
                 truth = (ref == k) & own
                 for side, pred in (("teacher", refined == k), ("model", model_label == k)):
                     pred = pred & own
@@ -394,14 +408,10 @@ class PseudoLabeler:
             side: {k: DiceCounts(*np.asarray(rows, dtype=np.float64).reshape(-1, 3).T) for k, rows in per.items()}
             for side, per in counts.items()
         }
-        decisions = trust_decisions(
-            stats["teacher"],
-            stats["model"],
-            everyone if previous is None else previous,
-            pl.trust_margin if margin is None else margin,
-            pl.trust_noise_sigmas if noise_sigmas is None else noise_sigmas,
-            seed,
-        )
+        return stats, model_dice
+
+    def _report_calibration(self, decisions: dict, scope: str, images: int) -> dict[str, float]:
+        """TensorBoard scalars of the decisions, and one log line that says each class's decision and why."""
         names = self.cfg.data.class_names
         scalars: dict[str, float] = {}
         lines = []
@@ -416,10 +426,20 @@ class PseudoLabeler:
                 f"{name}: {side} {d.teacher_dice:.3f} vs model {d.model_dice:.3f} on {d.pixels} {where} "
                 f"(band {d.band:.3f}) -> {'teacher' if d.trusted else 'model'} ({d.reason})"
             )
-        logger.info("trust calibration on %d held-out images: %s", len(items), "; ".join(lines))
-        model_mean = _nanmean([_nanmean(v) for v in model_dice.values()])
-        scalars["calibration/model_dice_mean"] = model_mean
-        return {k: d.trusted for k, d in decisions.items()}, scalars, model_mean
+        logger.info("trust calibration on %d held-out images: %s", images, "; ".join(lines))
+        return scalars
+
+
+def _judged_pixels(
+    res: PseudoLabelResult, probs: np.ndarray, k: int, scope: str, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels a calibration judges class ``k`` on, and the label it judges there: the whole output
+    (``scope="output"``), or the teacher's own certain pixels inside ``k``'s prompt boxes (the pseudo-label)."""
+    if scope == "output":
+        return np.ones(shape, dtype=bool), output_label(res.rectified, probs)
+    teacher_sure = res.rectified.source == SOURCE_TEACHER
+    own = teacher_sure & res.covered[k] if k in res.covered else np.zeros_like(teacher_sure)
+    return own, res.rectified.label
 
 
 def spread(items: Sequence[Item], count: int) -> list[Item]:

@@ -28,23 +28,27 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from semisam.config.schema import ConfigError
+from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.dataset import CaseLoader, Item, expand_to_slices, require_labels
-from semisam.data.readers import build_reader
+from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import resolve_split
 from semisam.evaluation.figures import save_refinement_figure
 from semisam.evaluation.metrics import MetricAccumulator
 from semisam.evaluation.report import PER_CASE_FILE, per_case_csv, write_summary
 from semisam.evaluation.runner import SPLITS
-from semisam.pseudolabel.labeler import PseudoLabeler, spread
+from semisam.pseudolabel.labeler import PseudoLabeler
+from semisam.pseudolabel.pipeline import CalibrationRule, calibrate, calibration_items
 from semisam.pseudolabel.rectify import output_label
 from semisam.student.checkpoint import load_student
+from semisam.teacher.engine import build_teacher
+from semisam.teacher.precompute import precompute
 from semisam.teacher.stores import open_embedding_store, open_prior_store
 from semisam.utils import atomic_write_text
 
@@ -74,20 +78,11 @@ def calibrate_refinement(
     the calibration's scalars (per class the refined and the student's val Dice, the band). Default, and the answer
     inside the noise band: the student."""
     cfg = labeler.cfg
-    labels = [labeler.loader.label_slice(c, k) for c, k in items]  # held-out labels score, never prompt
+    rule = CalibrationRule("output", cfg.refine.trust_margin, cfg.refine.trust_noise_sigmas)
     student_first = dict.fromkeys(range(1, cfg.data.num_classes), False)
-    trusted, scalars, _ = labeler.calibrate(
-        model,
-        items,
-        labels,
-        seed,
-        previous=student_first,
-        scope="output",
-        margin=cfg.refine.trust_margin,
-        noise_sigmas=cfg.refine.trust_noise_sigmas,
-    )
-    return trusted, {
-        k.replace("calibration/", "").replace("teacher_dice", "refined_dice"): v for k, v in scalars.items()
+    outcome = calibrate(labeler, model, items, student_first, seed, rule)
+    return outcome.trusted, {
+        k.replace("calibration/", "").replace("teacher_dice", "refined_dice"): v for k, v in outcome.scalars.items()
     }
 
 
@@ -142,6 +137,110 @@ def _figure_row(loader: CaseLoader, case_id: str, items: list[Item], refined: li
     }
 
 
+@dataclass
+class RefinementRun:
+    """Everything a refined evaluation works with: the student and its config, the cases scored, the val cases
+    that calibrate, and the labeler on the teacher's cache."""
+
+    checkpoint: Path
+    weights: str
+    cfg: RunConfig
+    model: torch.nn.Module
+    reader: CaseReader
+    cases: list[str]
+    val: list[str]
+    labeler: PseudoLabeler
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def open(
+        cls, checkpoint: Path, split: str, config_paths, overrides, weights: str, progress: bool, teacher
+    ) -> RefinementRun:
+        """Load the student, check the splits, embed what the cache lacks and build the labeler."""
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        student = load_student(checkpoint, config_paths, overrides, weights)
+        cfg = student.config
+        reader = build_reader(cfg.data)
+        splits = resolve_split(cfg.data, reader.case_ids())
+        cases = list(getattr(splits, split))
+        if not cases:
+            raise ConfigError(f"split {split!r} of data set {cfg.data.name!r} has no cases")
+        if split == "val" or not splits.val:
+            raise ConfigError(
+                f"refinement calibrates on the val split and scores another one; data set {cfg.data.name!r} "
+                f"{'has no val cases' if not splits.val else 'cannot score val with it'} "
+                "(data.split.val / val_fraction)"
+            )
+        require_labels(reader, cases, "evaluated")  # checked first; read only after each case is predicted
+        teacher = teacher or build_teacher(cfg.teacher)
+        tic = time.perf_counter()
+        precompute(
+            cfg, teacher, splits=[split, "val"], progress=progress, priors=False, keep_embeddings_of=[split, "val"]
+        )
+        embed_seconds = time.perf_counter() - tic
+        priors = open_prior_store(cfg, [*cases, *splits.val]) if cfg.priors.enabled else None
+        embeddings = open_embedding_store(cfg, teacher, [*cases, *splits.val])
+        labeler = PseudoLabeler(cfg, teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, student.device)
+        return cls(
+            checkpoint,
+            weights,
+            cfg,
+            student.model,
+            reader,
+            cases,
+            list(splits.val),
+            labeler,
+            {"embeddings": embed_seconds},
+        )
+
+    def decide_classes(self) -> tuple[dict[int, bool], list[Item], dict[str, float]]:
+        """Which classes the teacher refines (calibrated on val, or ``refine.classes`` forced), the calibration
+        items and the calibration's scalars."""
+        cfg, tic = self.cfg, time.perf_counter()
+        if cfg.refine.classes is None:
+            items = calibration_items(cfg, expand_to_slices(self.reader, self.val), cfg.refine.calibration_images)
+            trusted, scalars = calibrate_refinement(self.labeler, self.model, items, seed=cfg.seed)
+        else:  # the ablation: the classes given, no calibration
+            items, scalars = [], {"forced": 1.0}
+            trusted = {k: k in cfg.refine.classes for k in range(1, cfg.data.num_classes)}
+        self.seconds["calibration"] = time.perf_counter() - tic
+        names = cfg.data.class_names or None
+        logger.info(
+            "refinement: the teacher refines %s; the student keeps %s",
+            [names[k] if names else k for k, t in trusted.items() if t] or "no class",
+            [names[k] if names else k for k, t in trusted.items() if not t] or "no class",
+        )
+        return trusted, items, scalars
+
+    def score_cases(self, trusted: dict[int, bool], progress: bool) -> tuple[dict, list, int, int]:
+        """Refine and score every case: the student's and the refined accumulators, the figure rows of the cases
+        that gain most and least, and the numbers of images and prompts."""
+        cfg, loader, names = self.cfg, self.labeler.loader, self.cfg.data.class_names or None
+        accs = {n: MetricAccumulator(cfg.data.num_classes, names, cfg.eval.metrics) for n in ("student", "refined")}
+        rows, images, prompts = [], 0, 0
+        tic = time.perf_counter()
+        for case_id in tqdm(self.cases, desc="refine", disable=not progress):
+            items = _case_items(loader, case_id)
+            refined = refine_images(self.labeler, self.model, items, trusted, seed=cfg.seed + 1)
+            volume = len(items) > 1 or items[0][1] >= 0
+            label = self.reader.read_label(case_id)  # scoring only, after the case is predicted
+            spacing = self.reader.spacing(case_id)
+            student_scores = accs["student"].add(case_id, _stack(refined, "student", volume), label, spacing)
+            refined_scores = accs["refined"].add(case_id, _stack(refined, "refined", volume), label, spacing)
+            gain = _fg_dice(refined_scores) - _fg_dice(student_scores)
+            rows.append(
+                (0.0 if math.isnan(gain) else gain, case_id, _figure_row(loader, case_id, items, refined, label))
+            )
+            rows.sort(key=lambda r: r[0])
+            del rows[FIGURE_CASES : max(FIGURE_CASES, len(rows) - FIGURE_CASES)]  # keep the extremes only
+            loader.clear()
+            images += len(items)
+            prompts += sum(r.prompts for r in refined)
+        self.seconds["refine"] = time.perf_counter() - tic
+        return accs, rows, images, prompts
+
+
 def evaluate_refined(
     checkpoint: str | Path,
     split: str = "test",
@@ -170,112 +269,68 @@ def evaluate_refined(
     Raises:
         ConfigError: an unknown split, no val cases to calibrate on, or a checkpoint/config mismatch.
     """
-    from tqdm.auto import tqdm
-
-    from semisam.teacher.engine import build_teacher
-    from semisam.teacher.precompute import precompute
-
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
-    student = load_student(checkpoint, config_paths, overrides, weights)
-    cfg, model, device = student.config, student.model, student.device
-    reader = build_reader(cfg.data)
-    splits = resolve_split(cfg.data, reader.case_ids())
-    cases = list(getattr(splits, split))
-    if not cases:
-        raise ConfigError(f"split {split!r} of data set {cfg.data.name!r} has no cases")
-    if split == "val" or not splits.val:
-        raise ConfigError(
-            f"refinement calibrates on the val split and scores another one; data set {cfg.data.name!r} "
-            f"{'has no val cases' if not splits.val else 'cannot score val with it'} (data.split.val / val_fraction)"
-        )
-    require_labels(reader, cases, "evaluated")  # checked first; read only after each case is predicted
+    run = RefinementRun.open(checkpoint, split, config_paths, overrides, weights, progress, teacher)
+    trusted, calibration, calibration_scalars = run.decide_classes()
+    accs, rows, images, prompts = run.score_cases(trusted, progress)
+    summary = _refined_summary(run, accs, trusted, calibration, calibration_scalars, images, prompts)
     out = Path(out_dir) if out_dir else checkpoint.parent.parent / f"eval_{split}_refined"
-    teacher = teacher or build_teacher(cfg.teacher)
-    tic = time.perf_counter()
-    precompute(cfg, teacher, splits=[split, "val"], progress=progress, priors=False, keep_embeddings_of=[split, "val"])
-    embed_seconds = time.perf_counter() - tic
-    priors = None
-    if cfg.priors.enabled:
-        priors = open_prior_store(cfg, [*cases, *splits.val])
-    embeddings = open_embedding_store(cfg, teacher, [*cases, *splits.val])
-    loader = CaseLoader(reader, cfg.data, priors)
-    labeler = PseudoLabeler(cfg, teacher, loader, embeddings, priors, device)
+    _write_refined_report(out, run.cfg, summary, rows)
+    return summary
 
-    tic = time.perf_counter()
-    if cfg.refine.classes is None:
-        calibration = spread(expand_to_slices(reader, splits.val), cfg.refine.calibration_images)
-        trusted, calibration_scalars = calibrate_refinement(labeler, model, calibration, seed=cfg.seed)
-    else:  # the ablation: the classes given, no calibration
-        calibration, calibration_scalars = [], {"forced": 1.0}
-        trusted = {k: k in cfg.refine.classes for k in range(1, cfg.data.num_classes)}
-    calibration_seconds = time.perf_counter() - tic
-    refined_classes = [k for k, t in trusted.items() if t]
-    names = cfg.data.class_names or None
-    logger.info(
-        "refinement: the teacher refines %s; the student keeps %s",
-        [names[k] if names else k for k in refined_classes] or "no class",
-        [names[k] if names else k for k, t in trusted.items() if not t] or "no class",
-    )
 
-    accs = {name: MetricAccumulator(cfg.data.num_classes, names, cfg.eval.metrics) for name in ("student", "refined")}
-    rows, images, prompts = [], 0, 0
-    tic = time.perf_counter()
-    for case_id in tqdm(cases, desc="refine", disable=not progress):
-        items = _case_items(loader, case_id)
-        refined = refine_images(labeler, model, items, trusted, seed=cfg.seed + 1)
-        volume = len(items) > 1 or items[0][1] >= 0
-        label = reader.read_label(case_id)  # scoring only, after the case is predicted
-        spacing = reader.spacing(case_id)
-        student_scores = accs["student"].add(case_id, _stack(refined, "student", volume), label, spacing)
-        refined_scores = accs["refined"].add(case_id, _stack(refined, "refined", volume), label, spacing)
-        gain = _fg_dice(refined_scores) - _fg_dice(student_scores)
-        row = _figure_row(loader, case_id, items, refined, label)
-        rows.append((0.0 if math.isnan(gain) else gain, case_id, row))
-        rows.sort(key=lambda r: r[0])
-        del rows[FIGURE_CASES : max(FIGURE_CASES, len(rows) - FIGURE_CASES)]  # keep the extremes only
-        loader.clear()
-        images += len(items)
-        prompts += sum(r.prompts for r in refined)
-    refine_seconds = time.perf_counter() - tic
-
+def _refined_summary(
+    run: RefinementRun,
+    accs: dict,
+    trusted: dict[int, bool],
+    calibration: list[Item],
+    calibration_scalars: dict[str, float],
+    images: int,
+    prompts: int,
+) -> dict:
+    """The refined output's nnU-Net-shaped summary with the student's scores and the refinement's record."""
     summary = accs["refined"].summary()
     student = accs["student"].summary()
     for entry, own in zip(summary["metric_per_case"], student["metric_per_case"], strict=True):
         entry["student_metrics"] = own["metrics"]
     summary["student"] = {k: student[k] for k in ("metric_per_case", "mean", "foreground_mean")}
     summary["refinement"] = {
-        "checkpoint": str(checkpoint),
-        "weights": weights,
-        "refined_classes": refined_classes,
+        "checkpoint": str(run.checkpoint),
+        "weights": run.weights,
+        "refined_classes": [k for k, t in trusted.items() if t],
         "trusted": {str(k): v for k, v in trusted.items()},
         "calibration": {"images": len(calibration), **calibration_scalars},
         "images": images,
         "prompts_per_image": prompts / max(1, images),
-        "seconds": {"embeddings": embed_seconds, "calibration": calibration_seconds, "refine": refine_seconds},
-        "seconds_per_image": refine_seconds / max(1, images),
+        "seconds": dict(run.seconds),
+        "seconds_per_image": run.seconds["refine"] / max(1, images),
     }
+    return summary
+
+
+def _write_refined_report(out: Path, cfg: RunConfig, summary: dict, rows: list) -> None:
+    """``summary.json``, both per-case CSVs and ``refinement.png``."""
     write_summary(out, summary)
     atomic_write_text(out / PER_CASE_FILE, per_case_csv(summary))
-    atomic_write_text(out / STUDENT_PER_CASE_FILE, per_case_csv({**student, "class_names": summary["class_names"]}))
+    student = {**summary["student"], "class_names": summary["class_names"]}
+    atomic_write_text(out / STUDENT_PER_CASE_FILE, per_case_csv(student))
     save_refinement_figure(
         out / FIGURE_FILE,
         [{**row, "title": f"{case_id}: {100 * gain:+.1f} Dice points"} for gain, case_id, row in rows[::-1]],
         cfg.data.num_classes,
-        class_names=names,
+        class_names=cfg.data.class_names or None,
         image_channels=cfg.data.in_channels,
     )
+    refinement = summary["refinement"]
     logger.info(
         "refined %d images (%.2f s each, %.1f prompts): foreground Dice %.4f (student %.4f); wrote %s",
-        images,
-        summary["refinement"]["seconds_per_image"],
-        summary["refinement"]["prompts_per_image"],
+        refinement["images"],
+        refinement["seconds_per_image"],
+        refinement["prompts_per_image"],
         summary["foreground_mean"].get("dice", math.nan),
-        student["foreground_mean"].get("dice", math.nan),
+        summary["student"]["foreground_mean"].get("dice", math.nan),
         out,
     )
-    return summary
 
 
 def _fg_dice(scores: dict[int, dict[str, float]]) -> float:

@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 
 from semisam import distributed
-from semisam.config.schema import ConfigError, RunConfig
+from semisam.config.schema import RunConfig
 from semisam.data.dataset import CaseLoader, Item
 from semisam.data.readers import CaseReader
-from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
-from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, spread
+from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, PseudoLabelResult
+from semisam.pseudolabel.pipeline import calibrate_then_label, calibration_items, initial_trust, labeling_seed
+from semisam.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.teacher.cache import CacheStore
+from semisam.teacher.engine import build_teacher
 from semisam.teacher.stores import open_embedding_store
 
 logger = logging.getLogger("semisam")
@@ -52,25 +54,16 @@ class PseudoLabelRefresher:
         teacher=None,
     ) -> None:
         """``held_out_items``: slices of labeled cases the student never trains on (the val split); the
-        calibration and the model check use ``pseudo_labels.calibration_images`` of them, spread evenly."""
-        from semisam.teacher.engine import build_teacher
-
+        calibration and the gate use ``pseudo_labels.calibration_images`` of them, spread evenly
+        (:func:`~semisam.pseudolabel.pipeline.calibration_items`)."""
         self.cfg = cfg
         self.reader = reader
         self.unlabeled_items = unlabeled_items
-        pl = cfg.pseudo_labels
-        self.calibration_items = spread(held_out_items, pl.calibration_images)
-        if not self.calibration_items and (pl.trust == "calibrate" or pl.min_model_dice > 0):
-            raise ConfigError(
-                "pseudo_labels.trust=calibrate and pseudo_labels.min_model_dice > 0 need held-out labeled cases "
-                "(data.split.val, or val_fraction) to score the teacher and the model on: the labeled training "
-                "images are memorised by the student. Give a val split, or set pseudo_labels.trust=all|none and "
-                "pseudo_labels.min_model_dice=0."
-            )
+        self.calibration_items = calibration_items(cfg, held_out_items)
         self.bank_dir = run_dir / "pseudo_labels"
         self.main = distributed.is_main()
         self.bank = PseudoLabelBank()
-        self.trusted = self._initial_trust()
+        self.trusted = initial_trust(cfg)
         self.seconds = 0.0  # spent in refreshes during this process
         if not self.main:
             return
@@ -80,10 +73,6 @@ class PseudoLabelRefresher:
         self.labeler = PseudoLabeler(
             cfg, self.teacher, CaseLoader(reader, cfg.data, priors), embeddings, priors, device
         )
-
-    def _initial_trust(self) -> dict[int, bool]:
-        mode = self.cfg.pseudo_labels.trust
-        return dict.fromkeys(range(1, self.cfg.data.num_classes), mode != "none")
 
     # ---------------------------------------------------------------- schedule
     @property
@@ -136,41 +125,33 @@ class PseudoLabelRefresher:
 
     def _refresh(self, model: torch.nn.Module, iteration: int, log: RunLogger | NullRunLogger) -> PseudoLabelBank:
         tic = time.perf_counter()
-        seed = self.cfg.seed * 1_000_003 + iteration
         pl = self.cfg.pseudo_labels
-        scalars: dict[str, float] = {}
-        if self.calibration_items:
-            # held-out labeled items only: their labels score the teacher and the model, never prompt
-            labels = [self.labeler.loader.label_slice(case_id, k) for case_id, k in self.calibration_items]
-            trusted, scalars, model_dice = self.labeler.calibrate(
-                model, self.calibration_items, labels, seed, previous=self.trusted
-            )
-            if not model_dice >= pl.min_model_dice:  # NaN too: the model finds nothing to prompt from
-                scalars["pseudo/skipped"] = 1.0
-                scalars["time/refresh_s"] = time.perf_counter() - tic  # the calibration cost a skipped one too
-                log.scalars(iteration, scalars)
-                logger.warning(
-                    "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the held-out calibration "
-                    "images is %.3f < pseudo_labels.min_model_dice=%.2f, so its prompts would be noise; "
-                    "the current bank (%s) stays",
-                    iteration,
-                    model_dice,
-                    pl.min_model_dice,
-                    f"iteration {self.bank.iteration}" if self.bank.entries else "empty: no pseudo-label loss yet",
-                )
-                return self.bank
-            if pl.trust == "calibrate":  # only with a bank: the decision in force is the last bank's (resumable)
-                self.trusted = trusted
-        results, stats = self.labeler.label(model, self.unlabeled_items, self.trusted, seed + 1)
-        first = self.first_bank_iteration
-        bank = PseudoLabelBank(
-            iteration=iteration, trusted=dict(self.trusted), first_iteration=iteration if first is None else first
+        labeling = calibrate_then_label(
+            self.labeler,
+            model,
+            self.unlabeled_items,
+            self.calibration_items,
+            self.trusted,
+            labeling_seed(self.cfg.seed, iteration),
         )
-        bank.entries = {i: BankEntry.from_rectified(r.rectified) for i, r in enumerate(results)}
-        bank.save(self._bank_path(iteration))
-        for old in sorted(self.bank_dir.glob("bank_*.npz"))[:-KEEP_BANKS]:
-            old.unlink()
-        self.bank = bank
+        scalars = dict(labeling.calibration.scalars)
+        if labeling.skipped:
+            scalars["pseudo/skipped"] = 1.0
+            scalars["time/refresh_s"] = time.perf_counter() - tic  # the calibration cost a skipped one too
+            log.scalars(iteration, scalars)
+            logger.warning(
+                "iteration %d: pseudo-label refresh skipped: the EMA model's Dice on the held-out calibration "
+                "images is %.3f < pseudo_labels.min_model_dice=%.2f, so its prompts would be noise; "
+                "the current bank (%s) stays",
+                iteration,
+                labeling.calibration.model_dice,
+                pl.min_model_dice,
+                f"iteration {self.bank.iteration}" if self.bank.entries else "empty: no pseudo-label loss yet",
+            )
+            return self.bank
+        self.trusted = labeling.calibration.trusted  # only with a bank: the decision in force is the bank's
+        results, stats = labeling.results, labeling.stats
+        self.bank = self._save_bank(iteration, results)
         elapsed = time.perf_counter() - tic
         self.seconds += elapsed
         scalars.update(stats.scalars())
@@ -187,6 +168,18 @@ class PseudoLabelRefresher:
             100 * scalars["pseudo/fraction_model_fallback"],
             100 * scalars["pseudo/fraction_ignored"],
         )
+        return self.bank
+
+    def _save_bank(self, iteration: int, results: list[PseudoLabelResult]) -> PseudoLabelBank:
+        """The bank of this refresh, written atomically; banks older than the last ``KEEP_BANKS`` are deleted."""
+        first = self.first_bank_iteration
+        bank = PseudoLabelBank(
+            iteration=iteration, trusted=dict(self.trusted), first_iteration=iteration if first is None else first
+        )
+        bank.entries = {i: BankEntry.from_rectified(r.rectified) for i, r in enumerate(results)}
+        bank.save(self._bank_path(iteration))
+        for old in sorted(self.bank_dir.glob("bank_*.npz"))[:-KEEP_BANKS]:
+            old.unlink()
         return bank
 
     def _log_grid(self, log: RunLogger, iteration: int, results) -> None:
