@@ -493,7 +493,24 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Check what types cannot: choices, ranges and cross-field rules. Raises :class:`ConfigError`."""
+    """Check what types cannot: choices, ranges and cross-field rules, one config section after the other.
+    Raises :class:`ConfigError`."""
+    _validate_data(cfg)
+    _validate_split(cfg)
+    _validate_student(cfg)
+    _validate_schedule(cfg)
+    _validate_method(cfg)
+    _validate_unimatch(cfg)
+    _validate_bcp(cfg)
+    _validate_teacher(cfg)
+    _validate_priors(cfg)
+    _validate_pseudo_labels(cfg)
+    _validate_refine(cfg)
+    _validate_eval(cfg)
+
+
+def _validate_data(cfg: RunConfig) -> None:
+    """``data``: formats, sizes, the labeled-subset rule."""
     d = cfg.data
     _choice("data.format", d.format, DATA_FORMATS)
     _choice("data.modality", d.modality, MODALITIES)
@@ -511,7 +528,11 @@ def validate_config(cfg: RunConfig) -> None:
             f"data.augmentation.weak_brightness_contrast={d.augmentation.weak_brightness_contrast} must be in [0, 1)"
         )
     _positive("data.num_workers", d.num_workers, allow_zero=True)
-    s = d.split
+
+
+def _validate_split(cfg: RunConfig) -> None:
+    """``data.split``: one labeled-subset rule, fractions in range."""
+    s = cfg.data.split
     given = [k for k in ("labeled", "labeled_count", "labeled_fraction") if _is_set(getattr(s, k))]
     if len(given) > 1:
         raise ConfigError(f"data.split: give only one of labeled / labeled_count / labeled_fraction, got {given}")
@@ -523,6 +544,9 @@ def validate_config(cfg: RunConfig) -> None:
         if not 0 <= getattr(s, k) < 1:
             raise ConfigError(f"data.split.{k}={getattr(s, k)} must be in [0, 1)")
 
+
+def _validate_student(cfg: RunConfig) -> None:
+    """``student``: the architecture and its widths."""
     st = cfg.student
     _choice("student.arch", st.arch, STUDENT_ARCHS)
     if len(st.features) < 2 or min(st.features) <= 0:
@@ -532,6 +556,9 @@ def validate_config(cfg: RunConfig) -> None:
     if not 0 <= st.dropout < 1:
         raise ConfigError(f"student.dropout={st.dropout} must be in [0, 1)")
 
+
+def _validate_schedule(cfg: RunConfig) -> None:
+    """``schedule``: the optimiser, the rhythm of the run."""
     sc = cfg.schedule
     _positive("schedule.iterations", sc.iterations)
     _positive("schedule.batch_size", sc.batch_size)
@@ -543,6 +570,10 @@ def validate_config(cfg: RunConfig) -> None:
     for k in ("val_every", "checkpoint_every", "log_every", "image_every"):
         _positive(f"schedule.{k}", getattr(sc, k), allow_zero=True)
 
+
+def _validate_method(cfg: RunConfig) -> None:
+    """``method``: the name, the backbone and each method's own section."""
+    sc = cfg.schedule
     m = cfg.method
     _choice("method.name", m.name, METHODS)
     if not 0 <= m.ema_decay < 1:
@@ -553,7 +584,11 @@ def validate_config(cfg: RunConfig) -> None:
     _choice("method.backbone", m.backbone, SEMISAM_BACKBONES)
     if not 0 < m.consistency_rampup <= 1:
         raise ConfigError(f"method.consistency_rampup={m.consistency_rampup} must be in (0, 1]")
-    um = m.unimatch
+
+
+def _validate_unimatch(cfg: RunConfig) -> None:
+    """``method.unimatch``: probabilities, views, CutMix boxes."""
+    um = cfg.method.unimatch
     for key in ("confidence", "feature_dropout", "fp_weight", "cutmix_prob"):
         if not 0 <= getattr(um, key) <= 1:
             raise ConfigError(f"method.unimatch.{key}={getattr(um, key)} must be in [0, 1]")
@@ -565,6 +600,11 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"method.unimatch.cutmix_area={list(um.cutmix_area)} must be [low, high] in (0, 1]")
     if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
         raise ConfigError(f"method.unimatch.cutmix_aspect={list(um.cutmix_aspect)} must be [low, high], 0 < low")
+
+
+def _validate_bcp(cfg: RunConfig) -> None:
+    """``method.bcp``: fractions, and the batch pairs BCP needs (alone or as semisam's backbone)."""
+    m, sc = cfg.method, cfg.schedule
     b = m.bcp
     if not 0 <= b.pretrain_fraction < 1:
         raise ConfigError(f"method.bcp.pretrain_fraction={b.pretrain_fraction} must be in [0, 1)")
@@ -577,6 +617,9 @@ def validate_config(cfg: RunConfig) -> None:
     ):
         raise ConfigError("method bcp pairs the images of a batch: schedule.batch_size and unlabeled_batch_size >= 2")
 
+
+def _validate_teacher(cfg: RunConfig) -> None:
+    """``teacher``: the model, its batches and the everything mode."""
     t = cfg.teacher
     _choice("teacher.kind", t.kind, TEACHER_KINDS)
     _choice("teacher.precision", t.precision, TEACHER_PRECISIONS)
@@ -593,10 +636,19 @@ def validate_config(cfg: RunConfig) -> None:
     if not 0 < ev.box_keep_top_fraction <= 1:
         raise ConfigError(f"teacher.everything.box_keep_top_fraction={ev.box_keep_top_fraction} must be in (0, 1]")
     _positive("teacher.everything.box_max_masks", ev.box_max_masks, allow_zero=True)
+
+
+def _validate_priors(cfg: RunConfig) -> None:
+    """``priors``: the fusion and what it needs of the image."""
+    d = cfg.data
     _choice("priors.fusion", cfg.priors.fusion, PRIOR_FUSIONS)
     if cfg.priors.enabled and cfg.priors.fusion == "add" and d.in_channels not in (1, 3):
         raise ConfigError(f"priors.fusion=add needs a 1- or 3-channel image, data.in_channels={d.in_channels}")
 
+
+def _validate_pseudo_labels(cfg: RunConfig) -> None:
+    """``pseudo_labels``: the prompt and rectification rules, refreshes and rounds."""
+    m = cfg.method
     pl = cfg.pseudo_labels
     _choice("pseudo_labels.components", pl.components, COMPONENT_RULES)
     _choice("pseudo_labels.uncertainty", pl.uncertainty, UNCERTAINTY_KINDS)
@@ -630,6 +682,10 @@ def validate_config(cfg: RunConfig) -> None:
     if m.name == "semisam" and not (pl.enabled or cfg.priors.enabled):
         raise ConfigError("method.name=semisam needs pseudo_labels.enabled and/or priors.enabled")
 
+
+def _validate_refine(cfg: RunConfig) -> None:
+    """``refine``: the test-time refinement."""
+    d = cfg.data
     r = cfg.refine
     _positive("refine.calibration_images", r.calibration_images)
     _positive("refine.batch_size", r.batch_size)
@@ -639,6 +695,9 @@ def validate_config(cfg: RunConfig) -> None:
     if r.classes is not None and not all(1 <= k < d.num_classes for k in r.classes):
         raise ConfigError(f"refine.classes={list(r.classes)} must be foreground classes 1..{d.num_classes - 1}")
 
+
+def _validate_eval(cfg: RunConfig) -> None:
+    """``eval``: inference, checkpoint and metrics."""
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)
     _choice("eval.checkpoint", e.checkpoint, CHECKPOINT_CHOICES)
