@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from semisam.config.loader import config_differences, config_from_dict, config_to_dict, save_config, unused_keys
-from semisam.config.schema import ConfigError, MethodConfig, RunConfig, uses_rounds
+from semisam.config.schema import ConfigError, MethodConfig, RunConfig, semisam_backbone, uses_rounds
 from semisam.data.dataset import CaseLoader, Item, expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
@@ -95,31 +95,29 @@ class RoundData:
 
 
 def trains_on_pool(cfg: RunConfig) -> bool:
-    """Whether a round after round 0 trains on the whole unlabeled pool (the backbone's consistency teaching the
-    images the selection left out, the teacher's labels joining on the selected ones) or only on the selected
-    pseudo-labeled images (the mean-teacher backbone, whose rounds train without consistency)."""
-    return cfg.method.backbone != MethodConfig.backbone  # every backbone but the mean teacher
+    """Whether a round after round 0 trains on the whole unlabeled pool (backbones unimatch and bcp: their own
+    consistency teaches the images the selection left out, the teacher's labels join on the selected ones) or only
+    on the selected pseudo-labeled images (the supervised backbone, which has no loss for the others)."""
+    return semisam_backbone(cfg) != "supervised"
 
 
 def round_config(cfg: RunConfig, index: int) -> RunConfig:
-    """The config of round ``index`` of a ``rounds`` run. Round 0 is a run of the backbone alone (``supervised``
-    for the mean-teacher backbone); a later round is a ``semisam`` run of ``round_iterations`` x the iterations
-    (warm-up scaled alike), without consistency term for the mean-teacher backbone."""
+    """The config of round ``index`` of a ``semisam_rounds`` run. Round 0 is a run of the backbone alone
+    (``supervised``, ``unimatch`` or ``bcp``); a later round is a ``semisam_rounds`` run of ``round_iterations`` x
+    the iterations (warm-up scaled alike) on the round's bank."""
     run_dir = Path(cfg.output_dir)
     data = config_to_dict(cfg)
     data["output_dir"] = str(run_dir / f"round_{index}")
     data["pseudo_labels"]["round0_checkpoint"] = None
-    backbone = cfg.method.backbone
+    backbone = semisam_backbone(cfg)
     if index == 0:
-        data["method"]["name"] = backbone if trains_on_pool(cfg) else "supervised"
+        data["method"]["name"] = backbone
         data["method"]["backbone"] = MethodConfig.backbone  # the default: the backbone run itself reads none
     else:
         sched = data["schedule"]
         scale = cfg.pseudo_labels.round_iterations
         sched["iterations"] = max(1, round(scale * cfg.schedule.iterations))
         sched["warmup_iterations"] = min(round(scale * cfg.schedule.warmup_iterations), sched["iterations"] - 1)
-        if not trains_on_pool(cfg):  # the mean-teacher backbone's rounds: no consistency term
-            data["method"]["consistency_weight"] = 0.0
         if backbone == "bcp":  # a later round starts from a trained student: no copy-paste pre-training again
             data["method"]["bcp"]["pretrain_fraction"] = 0.0
     return config_from_dict(data)
