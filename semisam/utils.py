@@ -20,6 +20,10 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
+# Dice smoothing (MONAI DiceLoss's smooth_nr / smooth_dr defaults): two empty maps agree perfectly. The one constant
+# of the Dice losses (semisam.methods.losses) and of the teacher's calibration Dice (semisam.pseudolabel.rectify).
+SMOOTH = 1e-5
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader never sees a half-written file (tmp + fsync + rename)."""

@@ -64,8 +64,8 @@ def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
         "output_dir": str(out),
         "device": "cpu",
         "priors.enabled": "false",
-        # the online refresh (its own tests); tests/test_rounds.py asks for rounds, semisam's default
-        "pseudo_labels.mode": "online",
+        # the online refresh (its own tests); tests/test_rounds.py asks for semisam_rounds, the default
+        "method.name": "semisam_online",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

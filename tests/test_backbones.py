@@ -14,10 +14,10 @@ from semisam.config.loader import load_config, unused_keys
 from semisam.config.schema import ConfigError
 from semisam.engine.ema import StudentEMA
 from semisam.engine.trainer import Trainer
-from semisam.methods import BCP, METHODS, UniMatch, build_method
+from semisam.methods import BCP, METHOD_REGISTRY, UniMatch, build_method
 from semisam.methods.base import joint_forward
 from semisam.methods.mixing import cutmix_masks, mix, partner, square_mask
-from semisam.methods.semisam import SemiSAM, TeacherLabels
+from semisam.methods.semisam import SemiSAM, SemiSAMRound, TeacherLabels
 from semisam.student.perturb import feature_dropout
 from semisam.student.unet import build_student
 
@@ -82,15 +82,18 @@ def _unlabeled(batch=4, seed=1):
 
 
 def test_registry_matches_the_schema_and_each_method_declares_its_views():
-    from semisam.config.schema import METHODS as NAMES
+    from semisam.config.schema import METHOD_NAMES
 
-    assert tuple(METHODS) == NAMES
+    assert tuple(METHOD_REGISTRY) == METHOD_NAMES
     assert build_method(_unimatch_cfg()).strong_views() == 2
     assert build_method(_unimatch_cfg("method.unimatch.strong_views=1")).strong_views() == 1
     assert build_method(_cfg("method.name=bcp")).strong_views() == 0
-    assert isinstance(build_method(_cfg("method.name=semisam", "method.backbone=unimatch")), UniMatch)
-    assert isinstance(build_method(_cfg("method.name=semisam", "method.backbone=bcp")), BCP)
-    assert isinstance(build_method(_cfg("method.name=semisam")), SemiSAM)
+    for name in ("semisam_rounds", "semisam_online"):
+        assert isinstance(build_method(_cfg(f"method.name={name}", "method.backbone=unimatch")), UniMatch)
+        assert isinstance(build_method(_cfg(f"method.name={name}", "method.backbone=bcp")), BCP)
+    assert isinstance(build_method(_cfg("method.name=semisam_rounds")), SemiSAM)  # auto: the mean teacher
+    assert isinstance(build_method(_cfg("method.name=semisam_rounds")), SemiSAMRound)  # auto: supervised
+    assert isinstance(build_method(_cfg("method.name=semisam_rounds", "method.backbone=supervised")), SemiSAMRound)
 
 
 def test_config_checks_name_the_key():
@@ -109,7 +112,7 @@ def test_unused_method_keys_follow_the_method():
     unimatch = unused_keys(_unimatch_cfg())
     assert "method.bcp.unlabeled_weight" in unimatch and "method.consistency_weight" in unimatch
     assert not any(k.startswith("method.unimatch.") for k in unimatch)
-    on_unimatch = unused_keys(_cfg("method.name=semisam", "method.backbone=unimatch"))
+    on_unimatch = unused_keys(_cfg("method.name=semisam_rounds", "method.backbone=unimatch"))
     assert "method.consistency_weight" in on_unimatch and "method.unimatch.confidence" not in on_unimatch
     bcp = unused_keys(_cfg("method.name=bcp"))
     assert "method.forward" not in bcp and "method.ema_decay" not in bcp and "method.consistency_weight" in bcp
@@ -314,7 +317,7 @@ def test_teacher_labels_enter_only_where_the_teacher_labeled_and_was_kept():
 
 def test_semisam_on_unimatch_trains_the_strong_views_towards_the_teacher_where_trusted():
     cfg = _cfg(
-        "method.name=semisam",
+        "method.name=semisam_rounds",
         "method.backbone=unimatch",
         f"data.num_classes={CLASSES}",
         "data.class_names=[a,b,c]",
@@ -332,6 +335,29 @@ def test_semisam_on_unimatch_trains_the_strong_views_towards_the_teacher_where_t
         assert torch.equal(target[:, : H // 2], classes[:, : H // 2])  # the backbone's own weak label
         assert torch.allclose(weight[:, H // 2 :], torch.full_like(weight[:, H // 2 :], 0.7))
     assert out.logs["pseudo/teacher_fraction"] == pytest.approx(0.5)
+
+
+def test_a_round_on_the_supervised_backbone_is_the_supervised_loss_plus_the_bank_loss_and_nothing_else():
+    """semisam_rounds on the supervised backbone: a plain Method (no EMA asked for, none used, no consistency
+    term); its loss is exactly the supervised loss + the full weight x the weighted loss towards the round's bank."""
+    from types import SimpleNamespace
+
+    cfg = _cfg("method.name=semisam_rounds", f"data.num_classes={CLASSES}", "data.class_names=[a,b,c]")
+    method = build_method(cfg)
+    assert isinstance(method, SemiSAMRound) and not isinstance(method, SemiSAM)
+    assert not method.needs_ema and method.uses_unlabeled
+    method.bank_source = SimpleNamespace(first_bank_iteration=0)  # a round's bank: there from the first step
+    unlabeled, classes = _unlabeled(2, 4)
+    unlabeled.update(_bank(2, 1, 0.7, 1))
+    labeled = {"image": _class_images(classes), "label": classes}
+    model = ClassEcho()
+    out = method.step(model, None, labeled, unlabeled, 0)  # no EMA model: none is needed
+    with torch.no_grad():
+        sup = method.supervised_loss(model(labeled["image"]), classes)
+        logits_u = model(unlabeled["strong_image"])
+        bank = method.pseudo_label_loss(logits_u, unlabeled["pseudo_label"], unlabeled["weight"])
+    assert torch.allclose(out.loss.detach(), sup + cfg.pseudo_labels.weight * bank)
+    assert "loss/consistency" not in out.logs and out.logs["weight/pseudo_label"] == cfg.pseudo_labels.weight
 
 
 def test_auto_forward_is_one_pass_without_batch_norm_and_the_same_numbers():

@@ -9,13 +9,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from semisam.benchmark.protocols import (
-    METHODS,
+    VARIANTS,
     MethodVariant,
     Protocol,
     Scale,
-    get_method,
     get_protocol,
     get_scale,
+    get_variant,
 )
 from semisam.benchmark.runner import BenchmarkRunner, RunRecord, aggregate, build_run_config, format_table
 from semisam.config.loader import load_config
@@ -89,7 +89,7 @@ def test_the_table_shows_the_refined_scores_beside_the_students():
 
 def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
     protocol, scale = get_protocol("acdc-3"), Scale("cpu", {"acdc": "cpu_acdc.yaml"})
-    cfgs = {m: build_run_config(protocol, METHODS[m], scale, 3, tmp_path) for m in METHODS}
+    cfgs = {m: build_run_config(protocol, VARIANTS[m], scale, 3, tmp_path) for m in VARIANTS}
     for name, cfg in cfgs.items():
         assert cfg.seed == 3
         assert cfg.schedule == cfgs["supervised"].schedule
@@ -103,7 +103,7 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         assert cfg.student.arch == "res_unet" and cfg.student.norm == "instance"
         assert cfg.output_dir == str(tmp_path / name / "seed3")
         assert cfg.teacher.cache_dir == str(tmp_path / "cache")
-    assert {m: cfgs[m].method.name for m in METHODS} == {
+    assert {m: cfgs[m].method.name for m in VARIANTS} == {
         "supervised": "supervised",
         "supervised_priors": "supervised",
         "supervised_samaug": "supervised",
@@ -111,16 +111,16 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "unimatch": "unimatch",
         "fixmatch": "unimatch",
         "bcp": "bcp",
-        "semisam_priors": "semisam",
-        "semisam_pl": "semisam",
-        "semisam_online": "semisam",
-        "semisam_rounds_pl": "semisam",
-        "semisam_rounds_pool_pl": "semisam",
-        "semisam_rounds2_pl": "semisam",
-        "semisam_rounds_priors": "semisam",
-        "semisam_unimatch": "semisam",
-        "semisam_bcp": "semisam",
-        "semisam": "semisam",
+        "semisam_priors": "mean_teacher",
+        "semisam_pl": "semisam_online",
+        "semisam_online": "semisam_online",
+        "semisam_rounds_pl": "semisam_rounds",
+        "semisam_rounds_pool_pl": "semisam_rounds",
+        "semisam_rounds2_pl": "semisam_rounds",
+        "semisam_rounds_priors": "semisam_rounds",
+        "semisam_unimatch": "semisam_rounds",
+        "semisam_bcp": "semisam_rounds",
+        "semisam": "semisam_rounds",
     }
     fixmatch = cfgs["fixmatch"].method.unimatch  # FixMatch is a switch of UniMatch, not a copy
     assert fixmatch.strong_views == 1 and not fixmatch.feature_perturbation
@@ -130,15 +130,12 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
     samaug = cfgs["supervised_samaug"].priors  # SAMAug's whole recipe, beside the concat ablation
     assert samaug.enabled and samaug.fusion == "add" and samaug.alternate
     assert cfgs["supervised_priors"].priors.fusion == "concat" and not cfgs["supervised_priors"].priors.alternate
-    assert cfgs["semisam"].pseudo_labels.mode == "rounds" and not cfgs["semisam"].priors.enabled  # the default
-    assert cfgs["semisam_rounds_priors"].pseudo_labels.mode == "rounds" and cfgs["semisam_rounds_priors"].priors.enabled
-    assert cfgs["semisam_rounds_pl"].pseudo_labels.mode == "rounds" and not cfgs["semisam_rounds_pl"].priors.enabled
+    assert not cfgs["semisam"].priors.enabled and cfgs["semisam"].method.backbone == "auto"  # the default
+    assert cfgs["semisam_rounds_priors"].priors.enabled and not cfgs["semisam_rounds_pl"].priors.enabled
     assert cfgs["semisam_rounds2_pl"].pseudo_labels.rounds == 2 and cfgs["semisam_rounds_pl"].pseudo_labels.rounds == 1
-    assert cfgs["semisam_online"].pseudo_labels.mode == "online" and cfgs["semisam_online"].priors.enabled
-    assert cfgs["semisam_pl"].pseudo_labels.mode == "online"
-    assert not cfgs["semisam_priors"].pseudo_labels.enabled and cfgs["semisam_priors"].priors.enabled
-    assert cfgs["semisam_pl"].pseudo_labels.enabled and not cfgs["semisam_pl"].priors.enabled
-    assert cfgs["semisam"].pseudo_labels.enabled
+    assert cfgs["semisam_online"].priors.enabled and not cfgs["semisam_pl"].priors.enabled
+    assert cfgs["semisam_priors"].priors.enabled
+    assert all(c.pseudo_labels.mode is None and c.pseudo_labels.enabled is None for c in cfgs.values())
     assert cfgs["mean_teacher"].method.ema_decay == cfgs["semisam"].method.ema_decay
 
 
@@ -146,7 +143,7 @@ def test_unknown_names_are_config_errors():
     with pytest.raises(ConfigError, match="unknown protocol 'acdc-5'.*acdc-3"):
         get_protocol("acdc-5")
     with pytest.raises(ConfigError, match="unknown method 'remixmatch'"):
-        get_method("remixmatch")
+        get_variant("remixmatch")
 
 
 @pytest.fixture()
@@ -167,7 +164,7 @@ def phantom_protocol(tmp_path, phantom_root):
 
 def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol, tiny_teacher):
     configs, protocol, scale, overrides = phantom_protocol
-    methods = [METHODS["supervised"], METHODS["semisam_pl"]]
+    methods = [VARIANTS["supervised"], VARIANTS["semisam_pl"]]
     out = tmp_path / "bench"
     overrides = [*overrides, "pseudo_labels.warmup=0.3", "pseudo_labels.refresh_every=2"]
     runner = BenchmarkRunner(protocol, scale, methods, [0, 1], out, overrides, False, configs, tiny_teacher)
@@ -230,8 +227,8 @@ def test_the_benchmark_tool_runs_three_seeds_by_default():
 
 def test_seeds_change_the_runs_but_not_the_protocol(tmp_path, phantom_protocol):
     configs, protocol, scale, overrides = phantom_protocol
-    a = build_run_config(protocol, METHODS["supervised"], scale, 0, tmp_path, overrides, configs)
-    b = build_run_config(protocol, METHODS["supervised"], scale, 1, tmp_path, overrides, configs)
+    a = build_run_config(protocol, VARIANTS["supervised"], scale, 0, tmp_path, overrides, configs)
+    b = build_run_config(protocol, VARIANTS["supervised"], scale, 1, tmp_path, overrides, configs)
     assert (a.seed, b.seed) == (0, 1) and a.data == b.data and a.schedule == b.schedule
 
 
@@ -246,7 +243,7 @@ def test_rounds_share_round_0_with_the_supervised_run_of_their_seed(tmp_path):
     first; the mean teacher is never one, and a rounds run without a matching supervised run trains its own."""
     names = ["semisam_rounds_priors", "semisam_rounds_pl", "mean_teacher", "supervised", "supervised_priors"]
     runner = BenchmarkRunner(
-        get_protocol("kvasir-10"), get_scale("cpu"), [METHODS[m] for m in names], [0, 1], tmp_path, progress=False
+        get_protocol("kvasir-10"), get_scale("cpu"), [VARIANTS[m] for m in names], [0, 1], tmp_path, progress=False
     )
     assert runner.round0_providers == {
         ("semisam_rounds_priors", 0): "supervised_priors",
@@ -257,7 +254,7 @@ def test_rounds_share_round_0_with_the_supervised_run_of_their_seed(tmp_path):
     cfg = runner.configs[("semisam_rounds_pl", 1)]
     assert cfg.pseudo_labels.round0_checkpoint == str(tmp_path / "supervised" / "seed1" / "checkpoints" / "best.pt")
     alone = BenchmarkRunner(
-        get_protocol("kvasir-10"), get_scale("cpu"), [METHODS["semisam"]], [0], tmp_path, progress=False
+        get_protocol("kvasir-10"), get_scale("cpu"), [VARIANTS["semisam"]], [0], tmp_path, progress=False
     )
     assert alone.round0_providers == {} and alone.configs[("semisam", 0)].pseudo_labels.round0_checkpoint is None
 
@@ -267,7 +264,7 @@ def test_a_scored_run_is_compared_on_what_it_uses(tmp_path):
     setting added since at its default; a setting it uses still counts."""
     from semisam.config.loader import config_to_dict, unused_keys
 
-    cfg = build_run_config(get_protocol("kvasir-10"), METHODS["supervised"], get_scale("cpu"), 0, tmp_path)
+    cfg = build_run_config(get_protocol("kvasir-10"), VARIANTS["supervised"], get_scale("cpu"), 0, tmp_path)
     saved = config_to_dict(cfg)
     saved["teacher"]["everything"]["box_scales"] = [0.5]
     saved["pseudo_labels"]["components"] = "largest"
@@ -301,7 +298,7 @@ def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch
 
     def teacher_pass(names):
         calls.clear()
-        methods = [METHODS[m] for m in names]
+        methods = [VARIANTS[m] for m in names]
         runner = BenchmarkRunner(get_protocol("acdc-3"), get_scale("cpu"), methods, [0], tmp_path, progress=False)
         runner.prepare_teacher()
         return list(calls), runner.precompute_report
@@ -333,7 +330,7 @@ def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch
 def test_a_whole_pool_rounds_run_shares_the_supervised_round0(tmp_path):
     """The pool's size is no difference for a supervised run (it never reads the pool), so the whole-pool variant
     starts from the supervised run of its seed like the reduced-pool one."""
-    methods = [METHODS["supervised"], METHODS["semisam_rounds_pool_pl"]]
+    methods = [VARIANTS["supervised"], VARIANTS["semisam_rounds_pool_pl"]]
     runner = BenchmarkRunner(get_protocol("kvasir-10"), get_scale("cpu"), methods, [0], tmp_path, progress=False)
     assert runner.round0_providers == {("semisam_rounds_pool_pl", 0): "supervised"}
     assert runner.configs[("semisam_rounds_pool_pl", 0)].data.split.unlabeled_count is None

@@ -207,9 +207,9 @@ def test_two_process_precompute_computes_every_case_once_then_semisam_trains(pha
         "teacher.everything.points_per_side=4",  # the tiny teacher takes points: a small automatic-mask grid
     ]
     # a semisam config: its pseudo-label refreshes calibrate trust on the val cases, whose embeddings are kept too
-    overrides = tiny_overrides(phantom_root, tmp_path / "unused", **{"method.name": "semisam"}) + cache
+    overrides = tiny_overrides(phantom_root, tmp_path / "unused", **{"method.name": "semisam_online"}) + cache
     train_overrides = [
-        *tiny_overrides(phantom_root, tmp_path / "run", **{"method.name": "semisam"}),
+        *tiny_overrides(phantom_root, tmp_path / "run", **{"method.name": "semisam_online"}),
         *cache,
         "pseudo_labels.warmup=0.34",  # refreshes before iterations 2 and 4 of 6
         "pseudo_labels.refresh_every=2",

@@ -56,8 +56,7 @@ def test_labeled_loss_depends_on_the_unlabeled_batch_only_in_a_joint_pass(forwar
 
 
 def _semisam(*extra):
-    overrides = ["data.root=unused", "device=cpu", "method.name=semisam", "schedule.iterations=1000"]
-    overrides += ["pseudo_labels.mode=online"]  # the online ramp
+    overrides = ["data.root=unused", "device=cpu", "method.name=semisam_online", "schedule.iterations=1000"]
     overrides += ["pseudo_labels.warmup=0.2", "pseudo_labels.rampup=0.2", "pseudo_labels.weight=1.0"]
     return load_config(REPO / "configs/demo.yaml", [*overrides, *extra])
 

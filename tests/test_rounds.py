@@ -16,7 +16,7 @@ from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
 from semisam.engine.trainer import Trainer
-from semisam.methods import SemiSAM
+from semisam.methods import SemiSAMRound, build_method
 from semisam.pseudolabel import rounds as rounds_module
 from semisam.pseudolabel.analysis import reliability_report
 from semisam.pseudolabel.reliability import (
@@ -83,10 +83,9 @@ def test_selection_keeps_the_most_reliable_share_and_never_an_unscored_image():
 
 
 def _cfg(root, tmp_path, out="run", *extra):
-    overrides = tiny_overrides(root, tmp_path / out, **{"method.name": "semisam"})
+    overrides = tiny_overrides(root, tmp_path / out, **{"method.name": "semisam_rounds"})
     overrides += [
         f"teacher.cache_dir={tmp_path / 'cache'}",
-        "pseudo_labels.mode=rounds",
         "pseudo_labels.perturbations=2",
         "pseudo_labels.calibration_images=3",
         "pseudo_labels.min_area=1",
@@ -105,9 +104,10 @@ def test_round_configs(phantom_root, tmp_path):
     zero, one = round_config(cfg, 0), round_config(cfg, 1)
     assert zero.method.name == "supervised" and zero.schedule.iterations == 10
     assert zero.output_dir == str(tmp_path / "run" / "round_0")
-    assert one.method.name == "semisam" and one.pseudo_labels.mode == "rounds"
+    assert one.method.name == "semisam_rounds" and one.pseudo_labels.mode is None
     assert (one.schedule.iterations, one.schedule.warmup_iterations) == (5, 1)
-    assert one.method.consistency_weight == 0.0
+    method = build_method(one)  # the supervised backbone: the student alone, no EMA to keep
+    assert isinstance(method, SemiSAMRound) and not method.needs_ema
     assert one.output_dir == str(tmp_path / "run" / "round_1")
 
 
@@ -119,7 +119,7 @@ def test_a_round_needs_its_round_data(phantom_root, tmp_path):
 
 
 def test_a_round_weighs_its_pseudo_labels_fully_from_the_first_step(phantom_root, tmp_path):
-    method = SemiSAM(round_config(_cfg(phantom_root, tmp_path), 1))
+    method = build_method(round_config(_cfg(phantom_root, tmp_path), 1))
     method.bank_source = RoundData([])
     assert method.pseudo_label_weight(0) == method.cfg.pseudo_labels.weight
 
@@ -163,6 +163,7 @@ def test_rounds_run_end_to_end_without_touching_unlabeled_labels(phantom_root, t
         tags = {r["tag"] for r in csv.DictReader(f)}
     assert {"loss/pseudo_label", "weight/pseudo_label", "loss/supervised"} <= tags
     assert "loss/consistency" not in tags
+    assert load_checkpoint(run / "round_1" / "checkpoints" / "last.pt")["ema"] is None  # no EMA in a round
     # the run's checkpoints are the last round's
     final = load_checkpoint(result.best_checkpoint)
     round_best = load_checkpoint(run / "round_1" / "checkpoints" / "best.pt")
@@ -222,7 +223,7 @@ def test_a_round_starts_from_the_previous_weights(phantom_root, tmp_path, tiny_t
     trainer._begin(trainer.ckpt_dir / "last.pt")  # no last.pt: a fresh round starts from init_weights
     saved = load_checkpoint(first.checkpoint)["model"]
     assert all(torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())
-    assert all(torch.equal(v, saved[k]) for k, v in trainer.ema.module.state_dict().items())
+    assert trainer.ema is None  # a round on the supervised backbone keeps no EMA that nothing would read
 
 
 def test_reliability_report_bins_and_shares(phantom_root, tmp_path, tiny_teacher):
@@ -277,8 +278,8 @@ def test_rounds_on_a_backbone_train_the_whole_pool_with_the_teacher_on_the_selec
 ):
     cfg = _cfg(phantom_root, tmp_path, "run", f"method.backbone={backbone}", "method.bcp.pretrain_fraction=0.34")
     zero, one = round_config(cfg, 0), round_config(cfg, 1)
-    assert zero.method.name == backbone and zero.method.backbone == "mean_teacher"  # the backbone's own run
-    assert one.method.name == "semisam" and one.method.backbone == backbone
+    assert zero.method.name == backbone and zero.method.backbone == "auto"  # the backbone's own run
+    assert one.method.name == "semisam_rounds" and one.method.backbone == backbone
     assert (one.method.bcp.pretrain_fraction == 0) == (backbone == "bcp")  # BCP pre-trains in round 0 only
     unlabeled, guard = _guarded_rounds(cfg, tiny_teacher, monkeypatch)
     seen = {}

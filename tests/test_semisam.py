@@ -26,7 +26,7 @@ from .conftest import REPO, scrambled_copy, tiny_overrides
 
 
 def _cfg(root, tmp_path, out="run", *extra):
-    overrides = tiny_overrides(root, tmp_path / out, **{"method.name": "semisam"})
+    overrides = tiny_overrides(root, tmp_path / out, **{"method.name": "semisam_online"})
     overrides += [
         f"teacher.cache_dir={tmp_path / 'cache'}",
         "priors.enabled=false",
@@ -233,7 +233,7 @@ def test_the_backbones_touch_no_label_of_an_unlabeled_case(phantom_root, tmp_pat
     pc.precompute(cfg, teacher=tiny_teacher, splits=["labeled", "unlabeled", "val"], priors=False, progress=False)
     guard, banks = _guarded_run(cfg, tiny_teacher, monkeypatch)
     assert guard.touched == []
-    if cfg.method.name == "semisam":
+    if cfg.method.name == "semisam_online":
         assert [int(p.stem.split("_")[1]) for p in banks] == [2, 4]
         with (tmp_path / "run" / "metrics.csv").open() as f:
             tags = {r["tag"] for r in csv.DictReader(f)}

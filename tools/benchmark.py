@@ -4,7 +4,11 @@
 Protocols: acdc-3, acdc-7 (ACDC, SSL4MIS protocol: first 68 / 136 slices of train_slices.list labeled, best
 checkpoint on val.list, the 40 test volumes scored in 3D), kvasir-5, kvasir-10 (Kvasir-SEG splits.json
 labeled_5pct / labeled_10pct, best on val, scored on test).
-Methods: supervised, mean_teacher, semisam_priors (priors only), semisam_pl (pseudo-labels only), semisam (full).
+Methods (--methods: variants of semisam.benchmark.protocols.VARIANTS, each a method.name and its overrides):
+supervised, supervised_priors, supervised_samaug, mean_teacher, unimatch, fixmatch, bcp, semisam (self-training
+rounds, method.name=semisam_rounds: the default), semisam_rounds_pl, semisam_rounds_priors, semisam_rounds_pool_pl,
+semisam_rounds2_pl, semisam_unimatch, semisam_bcp (rounds on a backbone), semisam_pl, semisam_online (method.name=
+semisam_online: refreshed during one mean-teacher run), semisam_priors (mean teacher + priors, no pseudo-labels).
 Scales: cpu (1500 AdamW steps at 128x128 with the residual instance-norm UNet, a reduced unlabeled pool:
 configs/benchmark/cpu_*.yaml and configs/schedule/cpu.yaml) and full (the literature's schedule, for a GPU).
 Seeds: 0,1,2 by default; the table gives mean ± sample std over them, per method and class.
@@ -26,13 +30,13 @@ from semisam.cli import run_main, setup_logging, tool_parser
 
 
 def main() -> None:
-    from semisam.benchmark.protocols import METHODS, PROTOCOLS, SCALES
+    from semisam.benchmark.protocols import PROTOCOLS, SCALES, VARIANTS
 
     parser = tool_parser(__doc__)
     parser.add_argument("--protocol", required=True, choices=list(PROTOCOLS))
     parser.add_argument("--scale", default="cpu", choices=list(SCALES))
     parser.add_argument(
-        "--methods", default=",".join(METHODS), help="comma-separated, run in this order (default: every variant)"
+        "--methods", default=",".join(VARIANTS), help="comma-separated, run in this order (default: every variant)"
     )
     parser.add_argument(
         "--seeds",
@@ -52,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging(args.log_level)
 
-    from semisam.benchmark.protocols import get_method, get_protocol, get_scale
+    from semisam.benchmark.protocols import get_protocol, get_scale, get_variant
     from semisam.benchmark.runner import BenchmarkRunner
     from semisam.config.schema import ConfigError
 
@@ -60,7 +64,7 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as err:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
-    methods = [get_method(m.strip()) for m in args.methods.split(",") if m.strip()]
+    methods = [get_variant(m.strip()) for m in args.methods.split(",") if m.strip()]
     runner = BenchmarkRunner(
         get_protocol(args.protocol),
         get_scale(args.scale),

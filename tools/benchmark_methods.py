@@ -31,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    from semisam.benchmark.protocols import get_method, get_protocol, get_scale
+    from semisam.benchmark.protocols import get_protocol, get_scale, get_variant
     from semisam.benchmark.runner import build_run_config
     from semisam.benchmark.throughput import method_step_seconds
 
@@ -39,7 +39,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            cfg = build_run_config(protocol, get_method(name), scale, 0, Path(tmp))
+            cfg = build_run_config(protocol, get_variant(name), scale, 0, Path(tmp))
             rows.append((name, method_step_seconds(cfg, args.steps, args.warmup)))
     base = dict(rows).get("supervised")
     print(f"\n{protocol.name}, scale {scale.name}, {torch.get_num_threads()} threads\n")

@@ -9,10 +9,16 @@ Examples:
 The run directory (output_dir) receives config.yaml, environment.json, checkpoints/{last,best}.pt,
 tensorboard/ and metrics.csv. Running the same command again resumes from checkpoints/last.pt.
 
-Self-training rounds (pseudo_labels.mode=rounds, method semisam): round 0 trains on the labeled images, then each
-round labels the unlabeled pool through the teacher and trains on labeled + the most reliable pseudo-labeled
-images; the run directory holds round_0/, round_1/, ... and the last round's checkpoints/:
-  python tools/train.py --config configs/kvasir/10_semisam.yaml pseudo_labels.mode=rounds
+Methods (method.name): supervised, mean_teacher, unimatch, bcp, semisam_rounds, semisam_online.
+semisam_rounds (configs/method/semisam.yaml, semisam's default): self-training rounds. Round 0 trains the backbone
+(method.backbone: supervised by default, unimatch or bcp) on the labeled images, then each round labels the
+unlabeled pool through the teacher and trains on labeled + the most reliable pseudo-labeled images; the run
+directory holds round_0/, round_1/, ... and the last round's checkpoints/:
+  python tools/train.py --config configs/kvasir/10_semisam.yaml
+semisam_online: the teacher's pseudo-labels refreshed during one run of the backbone (mean_teacher by default):
+  python tools/train.py --config configs/kvasir/10_semisam.yaml method.name=semisam_online
+(The old spellings method.name=semisam with pseudo_labels.mode=rounds|online, or pseudo_labels.enabled=false,
+still load, with a deprecation warning.)
 
 Several GPUs (one process each, DistributedDataParallel; schedule.batch_size is per process):
   torchrun --nproc_per_node=4 tools/train.py --config configs/acdc/7_mean_teacher.yaml

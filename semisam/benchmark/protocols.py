@@ -1,9 +1,11 @@
-"""Benchmark protocols, method variants and scales: which configs a benchmark run is made of.
+"""Benchmark protocols, variants and scales: which configs a benchmark run is made of.
 
-A run of protocol ``P``, method ``M``, scale ``S`` and seed ``s`` is the config
-``configs/<P.config_dir>/<P.prefix>_<M.config>.yaml`` merged with the scale's file (if any), then the method's
-overrides, then ``seed=s`` and the run's own ``output_dir`` / ``teacher.cache_dir``. Every method of one protocol
-and scale therefore shares the student, schedule, data split, seed and budget; only the method differs.
+A variant is a row of the results table: a named set of overrides on one of the protocol's method configs
+(``semisam_unimatch``, ``semisam_pl``, ``semisam_priors``, ...); its overrides say the method in ``method.name``
+(:data:`semisam.config.schema.METHOD_NAMES`). A run of protocol ``P``, variant ``V``, scale ``S`` and seed ``s`` is
+the config ``configs/<P.config_dir>/<P.prefix>_<V.config>.yaml`` merged with the scale's file (if any), then the
+variant's overrides, then ``seed=s`` and the run's own ``output_dir`` / ``teacher.cache_dir``. Every variant of one
+protocol and scale therefore shares the student, schedule, data split, seed and budget; only the method differs.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
-METHODS: dict[str, MethodVariant] = {
+VARIANTS: dict[str, MethodVariant] = {
     m.name: m
     for m in (
         MethodVariant("supervised", "supervised", description="labeled images only"),
@@ -101,56 +103,56 @@ METHODS: dict[str, MethodVariant] = {
         MethodVariant(
             "semisam_priors",
             "semisam",
-            ("pseudo_labels.enabled=false", "priors.enabled=true"),
+            ("method.name=mean_teacher", "priors.enabled=true"),
             "mean teacher + SAMAug priors as input channels",
         ),
         MethodVariant(
             "semisam_pl",
             "semisam",
-            ("pseudo_labels.mode=online", "priors.enabled=false"),
+            ("method.name=semisam_online", "priors.enabled=false"),
             "mean teacher + rectified teacher pseudo-labels refreshed online",
         ),
         MethodVariant(
             "semisam_online",
             "semisam",
-            ("pseudo_labels.mode=online", "priors.enabled=true"),
+            ("method.name=semisam_online", "priors.enabled=true"),
             "mean teacher + priors + rectified pseudo-labels refreshed online",
         ),
         MethodVariant(
             "semisam_rounds_pl",
             "semisam",
-            ("pseudo_labels.mode=rounds", "priors.enabled=false"),
+            ("method.name=semisam_rounds", "priors.enabled=false"),
             "self-training rounds on the teacher's rectified pseudo-labels of the most reliable images",
         ),
         MethodVariant(
             "semisam_rounds_pool_pl",
             "semisam",
-            ("pseudo_labels.mode=rounds", "priors.enabled=false", "data.split.unlabeled_count=null"),
+            ("method.name=semisam_rounds", "priors.enabled=false", "data.split.unlabeled_count=null"),
             "self-training rounds labeling the whole unlabeled pool instead of the scale's reduced one",
         ),
         MethodVariant(
             "semisam_rounds2_pl",
             "semisam",
-            ("pseudo_labels.mode=rounds", "pseudo_labels.rounds=2", "priors.enabled=false"),
+            ("method.name=semisam_rounds", "pseudo_labels.rounds=2", "priors.enabled=false"),
             "two self-training rounds: round 2 relabels the pool with round 1's student",
         ),
         MethodVariant(
             "semisam_rounds_priors",
             "semisam",
-            ("pseudo_labels.mode=rounds", "priors.enabled=true"),
+            ("method.name=semisam_rounds", "priors.enabled=true"),
             "self-training rounds + SAMAug priors as input channels",
         ),
         MethodVariant(
             "semisam_unimatch",
             "semisam",
-            ("method.backbone=unimatch", "pseudo_labels.mode=rounds", "priors.enabled=false"),
+            ("method.name=semisam_rounds", "method.backbone=unimatch", "priors.enabled=false"),
             "self-training rounds on UniMatch: round 0 is UniMatch, round 1 UniMatch on the whole pool with the "
             "teacher's rectified labels replacing its own on the selected images",
         ),
         MethodVariant(
             "semisam_bcp",
             "semisam",
-            ("method.backbone=bcp", "pseudo_labels.mode=rounds", "priors.enabled=false"),
+            ("method.name=semisam_rounds", "method.backbone=bcp", "priors.enabled=false"),
             "self-training rounds on BCP: round 0 is BCP, round 1 BCP with the teacher's labels on the selected images",
         ),
         MethodVariant("semisam", "semisam", description="semisam as configs/method/semisam.yaml sets it (the default)"),
@@ -182,9 +184,9 @@ def get_protocol(name: str) -> Protocol:
     return _pick(PROTOCOLS, name, "protocol")
 
 
-def get_method(name: str) -> MethodVariant:
-    """The method variant called ``name``; :class:`ConfigError` naming the choices otherwise."""
-    return _pick(METHODS, name, "method")
+def get_variant(name: str) -> MethodVariant:
+    """The variant called ``name``; :class:`ConfigError` naming the choices otherwise."""
+    return _pick(VARIANTS, name, "method")
 
 
 def get_scale(name: str) -> Scale:

@@ -10,10 +10,15 @@ optional) that are merged first, in order, so that a run config reads like::
 Later sources win: defaults, then the file's own keys, then the command-line overrides. Everything is merged
 onto :class:`~semisam.config.schema.RunConfig`, so an unknown key or a value of the wrong type fails with an
 error that names the key.
+
+Old spellings of the method (``method.name=semisam`` with ``pseudo_labels.mode`` / ``pseudo_labels.enabled``) are
+translated here, and only here (:func:`translate_deprecated`), before validation: for YAML files, overrides and
+configs read back from checkpoints alike, so the rest of the package only ever sees the current names.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,12 +26,19 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from semisam.config.schema import (
+    SEMISAM_BACKBONES,
+    SEMISAM_METHODS,
     ConfigError,
     RunConfig,
     reads_method_keys,
     trains_on_pseudo_labels,
     validate_config,
 )
+
+logger = logging.getLogger("semisam")
+
+#: The values the deprecated ``pseudo_labels.mode`` took; ``mode=X`` is ``method.name=semisam_X``.
+DEPRECATED_MODES = ("rounds", "online")
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
@@ -83,6 +95,9 @@ def load_config(
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         sources.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*sources)
+        for note in translate_deprecated(merged):
+            where = path if path else "a saved config" if base is not None else "the overrides"
+            logger.warning("deprecated config spelling in %s: %s", where, note)
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"required config keys have no value: {', '.join(missing)}")
@@ -94,6 +109,72 @@ def load_config(
         raise ConfigError(f"invalid config{source}{where}: {err.msg if hasattr(err, 'msg') else err}") from err
     validate_config(cfg)  # type: ignore[arg-type]  # to_object of a structured RunConfig is a RunConfig
     return cfg  # type: ignore[return-value]
+
+
+def translate_deprecated(node: DictConfig) -> list[str]:
+    """Rewrite the deprecated spellings of a merged config in place, and return one message per rewrite.
+
+    ``pseudo_labels.mode`` and ``pseudo_labels.enabled`` chose among three algorithms under ``method.name=semisam``;
+    they are translated into the method's name, then cleared (``None``):
+
+    - a semisam name (``semisam``, ``semisam_rounds``, ``semisam_online``) with ``enabled=false``: semisam without
+      pseudo-labels, i.e. its backbone with the priors as configured: ``mean_teacher`` for the backbone
+      ``auto`` / ``mean_teacher``, else the backbone itself (still refused without priors, as before);
+    - else ``mode=rounds|online`` -> ``semisam_rounds|semisam_online`` (the mode wins over the name, so that an old
+      ``pseudo_labels.mode=online`` on a config whose file now says ``semisam_rounds`` still runs online); plain
+      ``semisam`` without a mode -> ``semisam_rounds``, semisam's documented default (every shipped semisam config
+      said ``mode: rounds``; only a config without them fell back on the schema's former default, ``online``);
+      rounds on the backbone ``mean_teacher`` -> ``supervised`` (the same computation: the rounds set its
+      consistency weight to 0, so its EMA was unused);
+    - any other method: the keys never did anything there; they are cleared.
+
+    Raises:
+        ConfigError: ``mode`` neither ``rounds`` nor ``online``; ``enabled=false`` without priors.
+    """
+    name = OmegaConf.select(node, "method.name", default=None)
+    enabled = OmegaConf.select(node, "pseudo_labels.enabled", default=None)
+    mode = OmegaConf.select(node, "pseudo_labels.mode", default=None)
+    if name != "semisam" and enabled is None and mode is None:
+        return []
+    if mode is not None and mode not in DEPRECATED_MODES:
+        raise ConfigError(
+            f"pseudo_labels.mode={mode!r} is not one of {', '.join(DEPRECATED_MODES)} "
+            f"(deprecated: say method.name={' or '.join(SEMISAM_METHODS)})"
+        )
+    old = [f"{k}={v}" for k, v in (("method.name", name), ("pseudo_labels.enabled", enabled)) if v is not None]
+    old += [f"pseudo_labels.mode={mode}"] if mode is not None else []
+    backbone = OmegaConf.select(node, "method.backbone", default="auto")
+    new_name, new_backbone, why = name, backbone, ""
+    if name != "semisam" and name not in SEMISAM_METHODS:
+        why = f"method.name={name} never read them"
+    elif enabled is False:
+        if not OmegaConf.select(node, "priors.enabled", default=False):
+            raise ConfigError(f"method.name={name} needs pseudo_labels.enabled and/or priors.enabled")
+        new_name = "mean_teacher" if backbone in ("auto", "mean_teacher") else backbone
+        new_backbone = "auto"
+        why = "semisam without pseudo-labels is its backbone, with the priors as configured"
+    else:
+        variant = mode or ("rounds" if name == "semisam" else name.removeprefix("semisam_"))
+        new_name = f"semisam_{variant}"
+        if variant == "rounds" and backbone == "mean_teacher":
+            new_backbone = "supervised"
+            why = "rounds on the mean teacher set its consistency weight to 0: the same computation without the EMA"
+        elif name == "semisam" and mode is None:
+            why = "no pseudo_labels.mode: semisam's documented default; method.name=semisam_online for online refreshes"
+    if OmegaConf.select(node, "pseudo_labels", default=None) is not None:
+        node.pseudo_labels.enabled = None
+        node.pseudo_labels.mode = None
+    if new_name is not None:
+        node.method.name = new_name
+    if new_backbone != backbone:
+        node.method.backbone = new_backbone
+    new = f"method.name={new_name}" + (f", method.backbone={new_backbone}" if new_backbone != backbone else "")
+    if new_name == name and new_backbone == backbone:
+        new = "nothing (cleared)"
+    return [
+        f"{', '.join(old)} -> {new}{f' ({why})' if why else ''}. pseudo_labels.mode / enabled and method.name=semisam "
+        f"are deprecated: write method.name={' or '.join(SEMISAM_METHODS)} (and method.backbone)"
+    ]
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
@@ -122,6 +203,9 @@ def config_differences(cfg: RunConfig, saved: dict, ignore: Sequence[str] = ()) 
     behaviour the older version had.
     """
     now, then = OmegaConf.create(config_to_dict(cfg)), OmegaConf.create(saved)
+    translate_deprecated(then)  # a config saved before the method's current names says the same in the old ones
+    for node in (now, then):
+        _canonical_backbone(node)
     defaults = OmegaConf.structured(RunConfig)
     differing = []
     for key in _flat_keys(now):
@@ -133,6 +217,20 @@ def config_differences(cfg: RunConfig, saved: dict, ignore: Sequence[str] = ()) 
         if old != new:
             differing.append(f"{key}: {old!r} -> {new!r}")
     return differing
+
+
+def _canonical_backbone(node: DictConfig) -> None:
+    """``method.backbone`` as what it means, for comparing two configs: ``auto`` resolved for the semisam methods,
+    and ``auto`` for every other method (which never reads it; configs saved before ``auto`` hold the former
+    default ``mean_teacher`` there)."""
+    name = OmegaConf.select(node, "method.name", default=None)
+    if OmegaConf.select(node, "method.backbone", default=None) is None:
+        return
+    if name in SEMISAM_BACKBONES:
+        if node.method.backbone == "auto":
+            node.method.backbone = SEMISAM_BACKBONES[name][0]
+    else:
+        node.method.backbone = "auto"
 
 
 def _flat_keys(node: DictConfig, prefix: str = "") -> list[str]:

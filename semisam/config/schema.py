@@ -18,10 +18,17 @@ STUDENT_ARCHS = ("basic_unet", "res_unet", "timm_unet")
 STUDENT_NORMS = ("batch", "instance")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("poly", "cosine", "constant")
-# Training methods (their losses: semisam/methods/, one module each, registered in semisam/methods/__init__.py).
-METHODS = ("supervised", "mean_teacher", "unimatch", "bcp", "semisam")
-# The semi-supervised methods semisam's teacher labels can join (method.backbone).
-SEMISAM_BACKBONES = ("mean_teacher", "unimatch", "bcp")
+# The values of method.name (their losses: semisam/methods/, registered in semisam.methods.METHOD_REGISTRY).
+METHOD_NAMES = ("supervised", "mean_teacher", "unimatch", "bcp", "semisam_rounds", "semisam_online")
+# The methods that train on the teacher's pseudo-labels: self-training rounds, or online refreshes in one run.
+SEMISAM_METHODS = ("semisam_rounds", "semisam_online")
+# The semi-supervised methods semisam's teacher labels can join (method.backbone), per semisam method; "auto" is
+# the first of each.
+SEMISAM_BACKBONES = {
+    "semisam_rounds": ("supervised", "unimatch", "bcp"),
+    "semisam_online": ("mean_teacher", "unimatch", "bcp"),
+}
+BACKBONE_CHOICES = ("auto", "supervised", "mean_teacher", "unimatch", "bcp")
 STUDENT_FORWARDS = ("auto", "joint", "separate")
 UNIMATCH_LOSSES = ("dice", "scaled_dice", "ce")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -34,7 +41,6 @@ PRIOR_FUSIONS = ("concat", "add", "none")
 COMPONENT_RULES = ("largest", "all")
 UNCERTAINTY_KINDS = ("entropy", "variance")
 TRUST_MODES = ("calibrate", "all", "none")
-PSEUDO_LABEL_MODES = ("online", "rounds")
 RELIABILITY_RULES = ("teacher", "student", "both")
 ROUND_INITS = ("previous", "scratch")
 
@@ -216,21 +222,39 @@ class BCPConfig:
 
 @dataclass
 class MethodConfig:
-    """Which semi-supervised method trains the student, and its weights and ramps."""
+    """Which method trains the student, and its weights and ramps.
+
+    ``name`` is one of :data:`METHOD_NAMES`: ``supervised``, ``mean_teacher``, ``unimatch``, ``bcp``, or one of
+    semisam's two ways of learning from the frozen teacher's rectified pseudo-labels:
+
+    - ``semisam_rounds`` (semisam's default, ``configs/method/semisam.yaml``): self-training rounds. Round 0 trains
+      the backbone alone; each later round, the last round's student prompts the teacher on the unlabeled pool
+      once, and a new round trains on labeled + the most reliable pseudo-labeled images (``pseudo_labels.rounds``,
+      ``select_fraction``, ``reliability``).
+    - ``semisam_online``: one run of the backbone, its pseudo-label bank refreshed by the run's own model every
+      ``pseudo_labels.refresh_every`` iterations after ``pseudo_labels.warmup``.
+
+    ``backbone`` (read by the two semisam methods only) is the semi-supervised method the teacher's labels join:
+
+    - ``auto``: each variant's default, ``supervised`` for ``semisam_rounds``, ``mean_teacher`` for
+      ``semisam_online``. One default that is honest for both (:func:`semisam_backbone` resolves it).
+    - ``semisam_rounds``: ``supervised`` (round 0 supervised; a later round adds the loss towards the round's fixed
+      bank on the selected images; no EMA, no consistency term), ``unimatch`` or ``bcp`` (round 0 is the backbone's
+      own run; a later round trains the backbone on the whole pool, the teacher's labels replacing its own where
+      the rectification kept them). ``mean_teacher`` is refused: rounds on it were never measured.
+    - ``semisam_online``: ``mean_teacher`` (the bank's loss beside the consistency term), ``unimatch``, ``bcp``.
+    """
 
     name: str = "supervised"
-    # semisam only: the semi-supervised method whose own pseudo-labels the teacher's trusted ones join
-    # (mean_teacher: the teacher's labels are an extra loss beside the consistency term; unimatch, bcp: they replace
-    # the method's own pseudo-labels wherever the rectification kept them)
-    backbone: str = "mean_teacher"
+    backbone: str = "auto"
     ema_decay: float = 0.99
     consistency_weight: float = 0.1  # final weight of the mean-teacher consistency term
     consistency_rampup: float = 1.0  # fraction of the run over which the weight ramps up (exp(-5(1-t)^2))
     ema_input_noise: float = 0.1  # std of the Gaussian noise on the EMA model's input (clamped at 2 std)
     # How the student sees a labeled and an unlabeled batch. separate: one pass each, so batch norm normalises
     # each batch with its own statistics. joint: one pass over both (SSL4MIS), sharing the statistics. auto: joint
-    # when the student has no batch norm (the two are then the same computation, one pass is cheaper), else
-    # separate (joint passes validated lower on ACDC-3 with batch norm, docs/RESULTS.md).
+    # when the student has no batch norm (then the two compute the same and one pass is cheaper), else separate.
+    # Why: with batch norm, joint passes validated lower (docs/RESULTS.md).
     forward: str = "auto"
     dice_weight: float = 0.5  # supervised loss = dice_weight * Dice + ce_weight * CE
     ce_weight: float = 0.5
@@ -331,10 +355,12 @@ class PriorsConfig:
 
 @dataclass
 class PseudoLabelConfig:
-    """Uncertainty-rectified auto-prompt pseudo-labels from the frozen teacher (method ``semisam``).
+    """Uncertainty-rectified auto-prompt pseudo-labels from the frozen teacher (methods ``semisam_rounds`` and
+    ``semisam_online``).
 
-    Prompts come from the EMA model's probabilities, never from labels: per foreground class, every connected
-    component of its argmax region of at least ``min_area`` pixels (or only the largest), a box around
+    Prompts come from a model's probabilities, never from labels (the run's EMA model online, or the student
+    itself where the backbone keeps no EMA; the last round's student in rounds): per foreground class, every
+    connected component of its argmax region of at least ``min_area`` pixels (or only the largest), a box around
     it grown by ``box_margin`` of its side, and for point-capable teachers a positive point at the component's
     distance-transform maximum (plus ``negative_points`` background points). Each prompt is perturbed
     ``perturbations`` times (box corners moved by up to ``jitter`` of the box side, points resampled inside the
@@ -345,21 +371,22 @@ class PseudoLabelConfig:
     model's on the teacher's own pixels against the labels of ``calibration_images`` held-out (val) slices
     (prompts still from the model) and switches a class between teacher and model only on a difference outside
     the noise band (:func:`~semisam.pseudolabel.rectify.trust_decisions`); ``all`` / ``none`` trust the teacher for
-    every / no class. A refresh is skipped while the EMA model's mean foreground Dice on those held-out slices is
-    below ``min_model_dice`` (its prompts would be noise).
+    every / no class. An online refresh is skipped while the model's mean foreground Dice on those held-out slices
+    is below ``min_model_dice`` (its prompts would be noise).
+
+    ``enabled`` and ``mode`` are deprecated spellings of the method's name, kept so that old YAML files and
+    checkpoints still load: the loader (:mod:`semisam.config.loader`) translates a value into ``method.name``,
+    warns, and clears it, so a loaded config always holds ``None`` there.
     """
 
-    enabled: bool = True
-    # all: every predicted component of at least min_area pixels gets its own box. The measured gain of teacher
-    # labels (Kvasir-10: 0.698 vs the student's 0.655 Dice, issue 13) was with one box per component; "largest"
-    # leaves the other objects to the model's own evidence (they are never made certain background).
+    # all: every predicted component of at least min_area pixels gets its own box; largest: only the biggest.
+    # Why all: the teacher's labels gained with one box per component; with "largest" the other objects are left
+    # to the model's own evidence (never made certain background).
     components: str = "all"
     min_area: int = 16  # pixels
-    # and at least this fraction of the image's pixels: the student's prediction, upsampled to a large native
-    # image (Kvasir: up to 1920x1070), breaks into specks, and each costs the teacher 1 + perturbations decodes.
-    # Measured (kvasir-10, seed 0's supervised student, 150 pool images): 2.5 components per image with 16 pixels
-    # alone (12.5 decodes with 4 perturbations; 84 images with one component, 21 with 4 to 16), 1.6 at 0.002 of
-    # the image (0.2 %: 600 pixels of a 600x500 image). Smaller components keep the model's own evidence.
+    # and at least this fraction of the image's pixels. Why: the student's prediction, upsampled to a large native
+    # image, breaks into specks, each costing the teacher 1 + perturbations decodes; smaller components keep the
+    # model's own evidence.
     min_area_fraction: float = 0.002
     box_margin: float = 0.05
     negative_points: int = 0
@@ -374,38 +401,41 @@ class PseudoLabelConfig:
     trust: str = "calibrate"
     # A class's trust changes only when the teacher's Dice on its own pixels differs from the model's there by
     # more than max(trust_margin, trust_noise_sigmas x the bootstrap standard error over the calibration images);
-    # inside that band the decision in force stands. One seed's kvasir-10 run flipped the whole bank on a
-    # 0.61111 vs 0.61109 tie; re-runs of one method differ by points, not by 1e-5.
+    # inside that band the decision in force stands. Why: a tie far inside the run-to-run noise once flipped a
+    # whole bank (docs/RESULTS.md).
     trust_margin: float = 0.02
     trust_noise_sigmas: float = 2.0
     calibration_images: int = 32  # held-out (val) slices, spread over the val cases
-    # skip a refresh while the EMA model's calibration Dice is below this: refreshes from models at 0.26 (Kvasir) and
-    # 0.31 (demo) taught confident background and validation Dice collapsed (see the method issue's note)
+    # skip an online refresh while the model's calibration Dice is below this. Why: refreshes prompted by weak
+    # models taught confident background and validation Dice collapsed.
     min_model_dice: float = 0.5
-    warmup: float = 0.2  # fraction of the run before the first refresh
-    refresh_every: int = 1000  # iterations between refreshes of the pseudo-label bank
+    warmup: float = 0.2  # semisam_online: fraction of the run before the first refresh
+    refresh_every: int = 1000  # semisam_online: iterations between refreshes of the pseudo-label bank
     weight: float = 1.0  # final weight of the pseudo-label loss
-    # fraction of the run over which that weight ramps up, counted from the first refresh that produced a bank
-    # (skipped refreshes do not start it: a late first bank would otherwise arrive at full weight)
+    # semisam_online: fraction of the run over which that weight ramps up, counted from the first refresh that
+    # produced a bank (skipped refreshes do not start it: a late first bank would otherwise arrive at full weight).
+    # A round's bank is there, and final, from its first step: full weight.
     rampup: float = 0.2
-    # the student sees its unlabeled images with photometric (strong) augmentation on top of the spatial one;
-    # the EMA model's consistency target stays on the weak view (FixMatch's weak/strong split)
+    # backbones supervised and mean_teacher: the student sees its unlabeled images with photometric (strong)
+    # augmentation on top of the spatial one; the EMA model's consistency target stays on the weak view (FixMatch's
+    # weak/strong split). unimatch and bcp make their own views.
     strong_augmentation: bool = True
-    # online: the EMA model relabels the pool during the run (warmup, refresh_every), the mean teacher's
-    # consistency alongside. rounds: self-training (Keuth et al. 2024, ST++): round 0 trains the student on the
-    # labeled images alone; each later round, the last round's student prompts the teacher on the whole pool once,
-    # the select_fraction most reliable images (by the reliability rule: agreement of the teacher's perturbed
-    # decodes, of the teacher with the student, or the lower of both) keep their rectified pseudo-labels, and a new
-    # round trains on labeled + those images (Dice + CE on both, weighted per pixel; no consistency term).
-    mode: str = "online"
-    rounds: int = 1  # rounds after round 0 (mode=rounds)
+    # semisam_rounds (self-training, Keuth et al. 2024, ST++): each round after round 0, the last round's student
+    # prompts the teacher on the whole pool once; the select_fraction most reliable images (by the reliability
+    # rule: agreement of the teacher's perturbed decodes, of the teacher with the student, or the lower of both)
+    # keep their rectified pseudo-labels, each pixel weighted in the Dice + CE by the rectification.
+    rounds: int = 1  # rounds after round 0
     select_fraction: float = 0.5  # share of the pool's images kept per round, the most reliable first
     reliability: str = "both"  # teacher | student | both
     round_iterations: float = 0.5  # iterations of a round after round 0, as a fraction of schedule.iterations
     round_init: str = "previous"  # previous: a round starts from the last round's weights; scratch: from random
     # a finished round 0 to start from instead of training it (its config must be this run's round 0; the
-    # benchmark passes the supervised run of the same seed)
+    # benchmark passes the backbone's own run of the same seed)
     round0_checkpoint: str | None = None
+    # Deprecated, translated by the loader, always None once loaded. enabled=false: semisam without pseudo-labels
+    # (method.name=mean_teacher, or the backbone, with the priors); mode=rounds|online: semisam_rounds|online.
+    enabled: bool | None = None
+    mode: str | None = None
 
 
 @dataclass
@@ -456,13 +486,23 @@ class ConfigError(ValueError):
 
 
 def trains_on_pseudo_labels(cfg: RunConfig) -> bool:
-    """Whether the run learns from the teacher's pseudo-labels (method semisam with pseudo_labels.enabled)."""
-    return cfg.method.name == "semisam" and cfg.pseudo_labels.enabled
+    """Whether the run learns from the teacher's pseudo-labels (``semisam_rounds`` or ``semisam_online``)."""
+    return cfg.method.name in SEMISAM_METHODS
 
 
 def uses_rounds(cfg: RunConfig) -> bool:
-    """Whether the run trains in self-training rounds (pseudo-labels in ``mode: rounds``)."""
-    return trains_on_pseudo_labels(cfg) and cfg.pseudo_labels.mode == "rounds"
+    """Whether the run trains in self-training rounds (``semisam_rounds``)."""
+    return cfg.method.name == "semisam_rounds"
+
+
+def semisam_backbone(cfg: RunConfig) -> str:
+    """The method whose step a semisam run takes, the teacher's labels joined: ``method.backbone`` with ``auto``
+    resolved (``supervised`` for ``semisam_rounds``, ``mean_teacher`` for ``semisam_online``). Only meaningful
+    when :func:`trains_on_pseudo_labels`."""
+    backbone = cfg.method.backbone
+    if backbone == "auto" and cfg.method.name in SEMISAM_BACKBONES:
+        return SEMISAM_BACKBONES[cfg.method.name][0]
+    return backbone
 
 
 def reads_method_keys(cfg: RunConfig) -> set[str]:
@@ -470,9 +510,11 @@ def reads_method_keys(cfg: RunConfig) -> set[str]:
     m = cfg.method
     keys = {"name", "dice_weight", "ce_weight"}
     runs = m.name
-    if m.name == "semisam":  # the backbone's step, with the teacher's labels joined
+    if trains_on_pseudo_labels(cfg):  # the backbone's step, with the teacher's labels joined
         keys.add("backbone")
-        runs = m.backbone
+        runs = semisam_backbone(cfg)
+        if runs == "supervised":  # a round: a labeled and a pseudo-labeled batch
+            keys.add("forward")
     if runs == "mean_teacher":
         keys |= {"ema_decay", "consistency_weight", "consistency_rampup", "ema_input_noise", "forward"}
     elif runs == "unimatch":
@@ -493,7 +535,24 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Check what types cannot: choices, ranges and cross-field rules. Raises :class:`ConfigError`."""
+    """Check what types cannot: choices, ranges and cross-field rules, one config section after the other.
+    Raises :class:`ConfigError`."""
+    _validate_data(cfg)
+    _validate_split(cfg)
+    _validate_student(cfg)
+    _validate_schedule(cfg)
+    _validate_method(cfg)
+    _validate_unimatch(cfg)
+    _validate_bcp(cfg)
+    _validate_teacher(cfg)
+    _validate_priors(cfg)
+    _validate_pseudo_labels(cfg)
+    _validate_refine(cfg)
+    _validate_eval(cfg)
+
+
+def _validate_data(cfg: RunConfig) -> None:
+    """``data``: formats, sizes, the labeled-subset rule."""
     d = cfg.data
     _choice("data.format", d.format, DATA_FORMATS)
     _choice("data.modality", d.modality, MODALITIES)
@@ -511,7 +570,11 @@ def validate_config(cfg: RunConfig) -> None:
             f"data.augmentation.weak_brightness_contrast={d.augmentation.weak_brightness_contrast} must be in [0, 1)"
         )
     _positive("data.num_workers", d.num_workers, allow_zero=True)
-    s = d.split
+
+
+def _validate_split(cfg: RunConfig) -> None:
+    """``data.split``: one labeled-subset rule, fractions in range."""
+    s = cfg.data.split
     given = [k for k in ("labeled", "labeled_count", "labeled_fraction") if _is_set(getattr(s, k))]
     if len(given) > 1:
         raise ConfigError(f"data.split: give only one of labeled / labeled_count / labeled_fraction, got {given}")
@@ -523,6 +586,9 @@ def validate_config(cfg: RunConfig) -> None:
         if not 0 <= getattr(s, k) < 1:
             raise ConfigError(f"data.split.{k}={getattr(s, k)} must be in [0, 1)")
 
+
+def _validate_student(cfg: RunConfig) -> None:
+    """``student``: the architecture and its widths."""
     st = cfg.student
     _choice("student.arch", st.arch, STUDENT_ARCHS)
     if len(st.features) < 2 or min(st.features) <= 0:
@@ -532,6 +598,9 @@ def validate_config(cfg: RunConfig) -> None:
     if not 0 <= st.dropout < 1:
         raise ConfigError(f"student.dropout={st.dropout} must be in [0, 1)")
 
+
+def _validate_schedule(cfg: RunConfig) -> None:
+    """``schedule``: the optimiser, the rhythm of the run."""
     sc = cfg.schedule
     _positive("schedule.iterations", sc.iterations)
     _positive("schedule.batch_size", sc.batch_size)
@@ -543,17 +612,32 @@ def validate_config(cfg: RunConfig) -> None:
     for k in ("val_every", "checkpoint_every", "log_every", "image_every"):
         _positive(f"schedule.{k}", getattr(sc, k), allow_zero=True)
 
+
+def _validate_method(cfg: RunConfig) -> None:
+    """``method``: the name, the backbone and each method's own section."""
+    sc = cfg.schedule
     m = cfg.method
-    _choice("method.name", m.name, METHODS)
+    _choice("method.name", m.name, METHOD_NAMES)
     if not 0 <= m.ema_decay < 1:
         raise ConfigError(f"method.ema_decay={m.ema_decay} must be in [0, 1)")
     if m.name != "supervised" and sc.unlabeled_batch_size == 0:
         raise ConfigError(f"method.name={m.name} needs schedule.unlabeled_batch_size > 0")
     _choice("method.forward", m.forward, STUDENT_FORWARDS)
-    _choice("method.backbone", m.backbone, SEMISAM_BACKBONES)
+    _choice("method.backbone", m.backbone, BACKBONE_CHOICES)
+    if m.name in SEMISAM_BACKBONES and m.backbone != "auto":
+        allowed = SEMISAM_BACKBONES[m.name]
+        if m.backbone not in allowed:
+            raise ConfigError(
+                f"method.backbone={m.backbone!r} is not one of auto, {', '.join(allowed)} for method.name={m.name}"
+                + (" (rounds on the mean teacher were never measured)" if m.name == "semisam_rounds" else "")
+            )
     if not 0 < m.consistency_rampup <= 1:
         raise ConfigError(f"method.consistency_rampup={m.consistency_rampup} must be in (0, 1]")
-    um = m.unimatch
+
+
+def _validate_unimatch(cfg: RunConfig) -> None:
+    """``method.unimatch``: probabilities, views, CutMix boxes."""
+    um = cfg.method.unimatch
     for key in ("confidence", "feature_dropout", "fp_weight", "cutmix_prob"):
         if not 0 <= getattr(um, key) <= 1:
             raise ConfigError(f"method.unimatch.{key}={getattr(um, key)} must be in [0, 1]")
@@ -565,6 +649,11 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"method.unimatch.cutmix_area={list(um.cutmix_area)} must be [low, high] in (0, 1]")
     if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
         raise ConfigError(f"method.unimatch.cutmix_aspect={list(um.cutmix_aspect)} must be [low, high], 0 < low")
+
+
+def _validate_bcp(cfg: RunConfig) -> None:
+    """``method.bcp``: fractions, and the batch pairs BCP needs (alone or as semisam's backbone)."""
+    m, sc = cfg.method, cfg.schedule
     b = m.bcp
     if not 0 <= b.pretrain_fraction < 1:
         raise ConfigError(f"method.bcp.pretrain_fraction={b.pretrain_fraction} must be in [0, 1)")
@@ -572,11 +661,14 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"method.bcp.square_fraction={b.square_fraction} must be in (0, 1)")
     if b.unlabeled_weight < 0:
         raise ConfigError(f"method.bcp.unlabeled_weight={b.unlabeled_weight} must be >= 0")
-    if "bcp" in (m.name, m.backbone if m.name == "semisam" else None) and (
+    if "bcp" in (m.name, semisam_backbone(cfg) if trains_on_pseudo_labels(cfg) else None) and (
         sc.batch_size < 2 or sc.unlabeled_batch_size < 2
     ):
         raise ConfigError("method bcp pairs the images of a batch: schedule.batch_size and unlabeled_batch_size >= 2")
 
+
+def _validate_teacher(cfg: RunConfig) -> None:
+    """``teacher``: the model, its batches and the everything mode."""
     t = cfg.teacher
     _choice("teacher.kind", t.kind, TEACHER_KINDS)
     _choice("teacher.precision", t.precision, TEACHER_PRECISIONS)
@@ -593,10 +685,18 @@ def validate_config(cfg: RunConfig) -> None:
     if not 0 < ev.box_keep_top_fraction <= 1:
         raise ConfigError(f"teacher.everything.box_keep_top_fraction={ev.box_keep_top_fraction} must be in (0, 1]")
     _positive("teacher.everything.box_max_masks", ev.box_max_masks, allow_zero=True)
+
+
+def _validate_priors(cfg: RunConfig) -> None:
+    """``priors``: the fusion and what it needs of the image."""
+    d = cfg.data
     _choice("priors.fusion", cfg.priors.fusion, PRIOR_FUSIONS)
     if cfg.priors.enabled and cfg.priors.fusion == "add" and d.in_channels not in (1, 3):
         raise ConfigError(f"priors.fusion=add needs a 1- or 3-channel image, data.in_channels={d.in_channels}")
 
+
+def _validate_pseudo_labels(cfg: RunConfig) -> None:
+    """``pseudo_labels``: the prompt and rectification rules, refreshes and rounds."""
     pl = cfg.pseudo_labels
     _choice("pseudo_labels.components", pl.components, COMPONENT_RULES)
     _choice("pseudo_labels.uncertainty", pl.uncertainty, UNCERTAINTY_KINDS)
@@ -620,16 +720,23 @@ def validate_config(cfg: RunConfig) -> None:
     _positive("pseudo_labels.calibration_images", pl.calibration_images, allow_zero=True)
     _positive("pseudo_labels.min_area", pl.min_area, allow_zero=True)
     _positive("pseudo_labels.refresh_every", pl.refresh_every)
-    _choice("pseudo_labels.mode", pl.mode, PSEUDO_LABEL_MODES)
     _choice("pseudo_labels.reliability", pl.reliability, RELIABILITY_RULES)
     _choice("pseudo_labels.round_init", pl.round_init, ROUND_INITS)
     _positive("pseudo_labels.rounds", pl.rounds)
     _positive("pseudo_labels.round_iterations", pl.round_iterations)
     if not 0 < pl.select_fraction <= 1:
         raise ConfigError(f"pseudo_labels.select_fraction={pl.select_fraction} must be in (0, 1]")
-    if m.name == "semisam" and not (pl.enabled or cfg.priors.enabled):
-        raise ConfigError("method.name=semisam needs pseudo_labels.enabled and/or priors.enabled")
+    for key in ("enabled", "mode"):
+        if getattr(pl, key) is not None:
+            raise ConfigError(
+                f"pseudo_labels.{key}={getattr(pl, key)!r} is deprecated: load configs with semisam.config.loader, "
+                f"which translates it into method.name ({', '.join(SEMISAM_METHODS)}), or set it to null"
+            )
 
+
+def _validate_refine(cfg: RunConfig) -> None:
+    """``refine``: the test-time refinement."""
+    d = cfg.data
     r = cfg.refine
     _positive("refine.calibration_images", r.calibration_images)
     _positive("refine.batch_size", r.batch_size)
@@ -639,6 +746,9 @@ def validate_config(cfg: RunConfig) -> None:
     if r.classes is not None and not all(1 <= k < d.num_classes for k in r.classes):
         raise ConfigError(f"refine.classes={list(r.classes)} must be foreground classes 1..{d.num_classes - 1}")
 
+
+def _validate_eval(cfg: RunConfig) -> None:
+    """``eval``: inference, checkpoint and metrics."""
     e = cfg.eval
     _choice("eval.inference", e.inference, INFERENCE_MODES)
     _choice("eval.checkpoint", e.checkpoint, CHECKPOINT_CHOICES)

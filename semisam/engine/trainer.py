@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from semisam import distributed
-from semisam.config.loader import config_differences, config_to_dict, save_config
+from semisam.config.loader import config_differences, config_to_dict, save_config, unused_keys
 from semisam.config.schema import ConfigError, RefineConfig, RunConfig, trains_on_pseudo_labels
 from semisam.data.dataset import (
     Item,
@@ -319,7 +319,11 @@ class Trainer:
         logger.info("starting from the weights of %s", path)
 
     def _check_same_config(self, saved: dict, path: Path) -> None:
-        differing = config_differences(self.cfg, saved, RESUMABLE_DIFFERENCES)
+        """Refuse to resume a run written with another config. Keys that cannot change this run's computation are
+        not compared: those of :data:`RESUMABLE_DIFFERENCES` and the ``method.*`` keys its method does not read
+        (e.g. a round written when its config still carried the unused consistency weight)."""
+        unread = [k for k in unused_keys(self.cfg) if k.startswith("method.")]
+        differing = config_differences(self.cfg, saved, [*RESUMABLE_DIFFERENCES, *unread])
         if differing:
             raise ConfigError(
                 f"{path} was written by a run with another config; resuming would mix two experiments. "

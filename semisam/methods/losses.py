@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr / smooth_dr defaults
+from semisam.utils import SMOOTH
 
 
 def _check_inputs(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import entr
 
+from semisam.config.schema import UNCERTAINTY_KINDS
 from semisam.pseudolabel.prompts import PROBABILITY_RANGE_TOLERANCE, check_class_probabilities
+from semisam.utils import SMOOTH
 
 logger = logging.getLogger("semisam")
-
-UNCERTAINTY_KINDS = ("entropy", "variance")
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -313,9 +313,6 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> dict[
     dims = tuple(range(2, p.ndim))
     both_empty = ((p.sum(dim=dims) + r.sum(dim=dims))[0, 1:] == 0).numpy()
     return {k: (float("nan") if both_empty[k - 1] else float(dice[k - 1])) for k in range(1, num_classes)}
-
-
-SMOOTH = 1e-5  # MONAI's Dice smoothing: two empty maps agree perfectly
 
 
 @dataclass

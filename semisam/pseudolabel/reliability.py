@@ -10,7 +10,7 @@ no label:
   more than a speck). NaN when the teacher was asked nothing.
 - **student agreement**: foreground Dice between the teacher's fused label and the student's prediction (the
   teacher refines the student's boxes: an answer far from what the student saw is more often the teacher's
-  mistake than the student's, measured in issue 13). NaN when neither marks any foreground.
+  mistake than the student's; docs/RESULTS.md). NaN when neither marks any foreground.
 
 ``reliability=both`` takes the lower of the two (an image is reliable when both agree). Images without any
 prompt (the student saw nothing) score NaN and come last: nothing says their empty label is right. The rule and

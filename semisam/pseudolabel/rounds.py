@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.config.schema import MethodConfig, RunConfig
+from semisam.config.schema import RunConfig, semisam_backbone
 from semisam.data.dataset import CaseLoader, Item, expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
@@ -69,10 +69,10 @@ class RoundData:
 
 
 def trains_on_pool(cfg: RunConfig) -> bool:
-    """Whether a round after round 0 trains on the whole unlabeled pool (the backbone's consistency teaching the
-    images the selection left out, the teacher's labels joining on the selected ones) or only on the selected
-    pseudo-labeled images (the mean-teacher backbone, whose rounds train without consistency)."""
-    return cfg.method.backbone != MethodConfig.backbone  # every backbone but the mean teacher
+    """Whether a round after round 0 trains on the whole unlabeled pool (backbones unimatch and bcp: their own
+    consistency teaches the images the selection left out, the teacher's labels join on the selected ones) or only
+    on the selected pseudo-labeled images (the supervised backbone, which has no loss for the others)."""
+    return semisam_backbone(cfg) != "supervised"
 
 
 def read_round_bank(round_dir: Path) -> RoundData | None:

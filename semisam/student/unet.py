@@ -62,7 +62,7 @@ def build_student(cfg: StudentConfig, in_channels: int, num_classes: int) -> nn.
         logger.warning(
             "student.dropout=%s: dropout sits between batch norm and activation in the U-Net's convolutions, so the "
             "batch-norm running statistics are gathered on dropped-out activations and misfit at eval (variance "
-            "shift); with the mean teacher this collapsed eval Dice on ACDC-3. student.dropout=0 avoids it.",
+            "shift), which can collapse eval Dice (docs/RESULTS.md). student.dropout=0 avoids it.",
             cfg.dropout,
         )
     if cfg.arch == "basic_unet":

@@ -1,8 +1,8 @@
-"""Self-training rounds (``pseudo_labels.mode: rounds``), run above the trainer.
+"""Self-training rounds (``method.name: semisam_rounds``), run above the trainer.
 
 What one run does::
 
-    round 0   the backbone alone (supervised for the mean-teacher backbone), priors as configured; or a finished
+    round 0   the backbone's own run (supervised by default), priors as configured; or a finished
               run given as pseudo_labels.round0_checkpoint (its config must be this round 0's: the benchmark
               passes the run of the same seed, so round 0 is trained once per seed)
     round r   the last round's student (its eval.checkpoint) labels the pool through the teacher and the most
@@ -32,10 +32,10 @@ from pathlib import Path
 
 from semisam import distributed
 from semisam.config.loader import config_differences, config_from_dict, config_to_dict, save_config, unused_keys
-from semisam.config.schema import ConfigError, MethodConfig, RunConfig, uses_rounds
+from semisam.config.schema import ConfigError, MethodConfig, RunConfig, semisam_backbone, uses_rounds
 from semisam.engine.trainer import RESUMABLE_DIFFERENCES, Trainer, TrainResult
 from semisam.pseudolabel.pipeline import labeling_seed
-from semisam.pseudolabel.rounds import make_round_bank, trains_on_pool
+from semisam.pseudolabel.rounds import make_round_bank
 from semisam.student.checkpoint import load_checkpoint
 from semisam.teacher.engine import SamTeacher
 from semisam.utils import atomic_write_text
@@ -46,24 +46,22 @@ ROUND0_KEY = "round_0_train_s"
 
 
 def round_config(cfg: RunConfig, index: int) -> RunConfig:
-    """The config of round ``index`` of a ``rounds`` run. Round 0 is a run of the backbone alone (``supervised``
-    for the mean-teacher backbone); a later round is a ``semisam`` run of ``round_iterations`` x the iterations
-    (warm-up scaled alike), without consistency term for the mean-teacher backbone."""
+    """The config of round ``index`` of a ``semisam_rounds`` run. Round 0 is a run of the backbone alone
+    (``supervised``, ``unimatch`` or ``bcp``); a later round is a ``semisam_rounds`` run of ``round_iterations`` x
+    the iterations (warm-up scaled alike) on the round's bank."""
     run_dir = Path(cfg.output_dir)
     data = config_to_dict(cfg)
     data["output_dir"] = str(run_dir / f"round_{index}")
     data["pseudo_labels"]["round0_checkpoint"] = None
-    backbone = cfg.method.backbone
+    backbone = semisam_backbone(cfg)
     if index == 0:
-        data["method"]["name"] = backbone if trains_on_pool(cfg) else "supervised"
+        data["method"]["name"] = backbone
         data["method"]["backbone"] = MethodConfig.backbone  # the default: the backbone run itself reads none
     else:
         sched = data["schedule"]
         scale = cfg.pseudo_labels.round_iterations
         sched["iterations"] = max(1, round(scale * cfg.schedule.iterations))
         sched["warmup_iterations"] = min(round(scale * cfg.schedule.warmup_iterations), sched["iterations"] - 1)
-        if not trains_on_pool(cfg):  # the mean-teacher backbone's rounds: no consistency term
-            data["method"]["consistency_weight"] = 0.0
         if backbone == "bcp":  # a later round starts from a trained student: no copy-paste pre-training again
             data["method"]["bcp"]["pretrain_fraction"] = 0.0
     return config_from_dict(data)
@@ -88,7 +86,7 @@ def check_round0(cfg: RunConfig, checkpoint: Path) -> None:
 
 
 class SelfTraining:
-    """Runs the rounds of one ``pseudo_labels.mode=rounds`` run. ``SelfTraining(cfg).fit()``.
+    """Runs the rounds of one ``semisam_rounds`` run. ``SelfTraining(cfg).fit()``.
 
     Args:
         cfg: a config for which :func:`~semisam.config.schema.uses_rounds` holds.
@@ -98,11 +96,11 @@ class SelfTraining:
 
     def __init__(self, cfg: RunConfig, progress: bool = True, teacher: SamTeacher | None = None) -> None:
         if not uses_rounds(cfg):
-            raise ConfigError("self-training rounds need method.name=semisam, pseudo_labels.enabled and mode=rounds")
+            raise ConfigError(f"self-training rounds need method.name=semisam_rounds, not {cfg.method.name}")
         if distributed.is_distributed():
             raise ConfigError(
-                "pseudo_labels.mode=rounds runs in one process for now (the bank is made on one rank); train it "
-                "without torchrun, or use mode=online"
+                "method.name=semisam_rounds runs in one process for now (the bank is made on one rank); train it "
+                "without torchrun, or use method.name=semisam_online"
             )
         self.cfg = cfg
         self.progress = progress
