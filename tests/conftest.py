@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,38 @@ torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI`` set to anything but empty, ``0`` or ``false``; CI sets ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def require_shared_data(*data_sets: str) -> Path:
+    """The real data root ``../shared/data``, with ``data_sets`` (e.g. ``"ACDC"``) present in it.
+
+    The one rule for tests on real data: CI has the data, so there a missing folder fails the test loudly; on a
+    developer machine without it the test is skipped, and the skip says which folder was looked for.
+    """
+    missing = [SHARED_DATA / name for name in data_sets or ("",) if not (SHARED_DATA / name).is_dir()]
+    if missing:
+        where = ", ".join(str(path) for path in missing)
+        if in_ci():
+            pytest.fail(f"real data not found at {where}: CI must provide ../shared/data", pytrace=False)
+        pytest.skip(f"real data not found at {where} (no ../shared/data on this machine; CI runs this test)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def kvasir_root() -> Path:
+    """``../shared/data/Kvasir-SEG`` (see :func:`require_shared_data`: skipped without it, failed in CI)."""
+    return require_shared_data("Kvasir-SEG") / "Kvasir-SEG"
+
+
+@pytest.fixture
+def acdc_root() -> Path:
+    """``../shared/data/ACDC`` (see :func:`require_shared_data`: skipped without it, failed in CI)."""
+    return require_shared_data("ACDC") / "ACDC"
 
 
 @pytest.fixture(scope="session")

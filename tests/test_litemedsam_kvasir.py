@@ -7,21 +7,21 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from semisam.config.schema import TeacherConfig
 from semisam.teacher import build_teacher
 
-KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "Kvasir-SEG"
 NUM_IMAGES = 5
-MIN_MEAN_DICE = 0.90  # DESIGN.md: about 0.95 measured with tight ground-truth boxes
+# A tight ground-truth box is the best prompt a box-only teacher can get: below this, the engine (preprocessing,
+# box scaling, batched decoding) is broken, not the teacher. The measured value is in docs/RESULTS.md (Archive).
+MIN_MEAN_DICE = 0.90
 
 
-def _load(case_id: str) -> tuple[np.ndarray, np.ndarray]:
+def _load(kvasir: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Image as float32 (3, H, W) in [0, 1]; mask as bool (H, W) (stored as 0/255 PNG)."""
-    image = np.asarray(Image.open(KVASIR / "images" / f"{case_id}.jpg").convert("RGB"), dtype=np.float32)
-    mask = np.asarray(Image.open(KVASIR / "masks" / f"{case_id}.png").convert("L")) > 127
+    image = np.asarray(Image.open(kvasir / "images" / f"{case_id}.jpg").convert("RGB"), dtype=np.float32)
+    mask = np.asarray(Image.open(kvasir / "masks" / f"{case_id}.png").convert("L")) > 127
     return image.transpose(2, 0, 1) / 255.0, mask
 
 
@@ -31,11 +31,10 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=np.float32)
 
 
-@pytest.mark.skipif(not KVASIR.is_dir(), reason=f"Kvasir-SEG not found at {KVASIR}")
-def test_litemedsam_tight_box_dice_on_kvasir(caplog, record_property):
+def test_litemedsam_tight_box_dice_on_kvasir(kvasir_root, caplog, record_property):
     caplog.set_level(logging.INFO, logger="semisam")
-    case_ids = json.loads((KVASIR / "splits.json").read_text())["test"][:NUM_IMAGES]
-    images, masks = zip(*(_load(case_id) for case_id in case_ids), strict=True)
+    case_ids = json.loads((kvasir_root / "splits.json").read_text())["test"][:NUM_IMAGES]
+    images, masks = zip(*(_load(kvasir_root, case_id) for case_id in case_ids), strict=True)
     teacher = build_teacher(TeacherConfig(kind="litemedsam", device="auto"))
     embeddings = teacher.embed(list(images), batch_size=1)  # on CPU the TinyViT encoder is fastest one at a time
     original_sizes = [image.shape[-2:] for image in images]

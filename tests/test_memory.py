@@ -114,7 +114,8 @@ def _truncate(path: Path) -> None:
 
 def test_a_bad_labeled_file_stops_training_before_a_step_with_workers(phantom_root, tmp_path):
     """Everything is read when the trainer is built, so a truncated image stops the run there, in the main
-    process, in one line: with loader workers too (their traceback used to be all the user saw)."""
+    process, in one line: with loader workers too (where a worker's traceback would otherwise be all the user
+    sees)."""
     import shutil
 
     root = tmp_path / "data"

@@ -19,11 +19,6 @@ from semisam.data.readers import FolderReader, NnUNetReader, SSL4MISH5Reader, bu
 
 from .conftest import write_h5, write_png
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real benchmark data not found at {SHARED_DATA}"
-)
-
 
 def _cfg(root: Path, fmt: str, **kw) -> DataConfig:
     kw.setdefault("num_classes", 4)
@@ -397,9 +392,8 @@ def test_h5_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@needs_shared_data
-def test_real_acdc_slice_and_volume():
-    reader = build_reader(_cfg(SHARED_DATA / "ACDC", "ssl4mis_h5", modality="none"))
+def test_real_acdc_slice_and_volume(acdc_root):
+    reader = build_reader(_cfg(acdc_root, "ssl4mis_h5", modality="none"))
     ids = reader.case_ids()
     assert len(ids) == 1372  # 1,312 training slices + 60 val/test volumes
     image, label = (
@@ -415,10 +409,9 @@ def test_real_acdc_slice_and_volume():
     assert set(np.unique(vlabel)) == {0, 1, 2, 3}
 
 
-@needs_shared_data
-def test_real_kvasir_image_and_mask():
+def test_real_kvasir_image_and_mask(kvasir_root):
     cfg = _cfg(
-        SHARED_DATA / "Kvasir-SEG",
+        kvasir_root,
         "folder",
         num_classes=2,
         in_channels=3,
@@ -426,7 +419,7 @@ def test_real_kvasir_image_and_mask():
         label_threshold=127,
     )
     reader = build_reader(cfg)
-    case = json.loads((SHARED_DATA / "Kvasir-SEG" / "splits.json").read_text())["train"][0]
+    case = json.loads((kvasir_root / "splits.json").read_text())["train"][0]
     assert len(reader.case_ids()) == 998
     image, label = reader.read_image(case), reader.read_label(case)
     assert image.shape == (3, 256, 256) and image.dtype == np.float32 and image.max() > 100

@@ -250,8 +250,8 @@ def counts(*rows: tuple[float, float, float]) -> DiceCounts:
 
 
 def test_trust_needs_a_difference_outside_the_noise_band():
-    # class 1: the teacher clearly better on every image; class 2: clearly worse; class 3: the RESULTS tie
-    # (0.61111 vs 0.61109); class 4: never a teacher pixel
+    # class 1: the teacher clearly better on every image; class 2: clearly worse; class 3: a tie far inside the
+    # noise band (a difference of 2e-5 must not flip a whole bank); class 4: never a teacher pixel
     teacher = {
         1: counts((45, 100, 200), (44, 100, 200), (46, 100, 200)),
         2: counts((20, 100, 200), (22, 100, 200), (21, 100, 200)),

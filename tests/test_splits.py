@@ -12,11 +12,6 @@ from semisam.data.errors import DataError
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, read_id_list, resolve_split
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real benchmark data not found at {SHARED_DATA}"
-)
-
 IDS = [f"c{i:02d}" for i in range(20)]
 
 
@@ -188,10 +183,22 @@ def test_split_errors(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@needs_shared_data
+@pytest.mark.parametrize("ci", ["true", "", "false"])
+def test_missing_real_data_fails_in_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci):
+    from . import conftest
+
+    monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "no_shared_data")
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"no_shared_data[/\\]ACDC"):
+        conftest.require_shared_data("ACDC")
+    (tmp_path / "no_shared_data" / "ACDC").mkdir(parents=True)
+    assert conftest.require_shared_data("ACDC") == tmp_path / "no_shared_data"
+
+
 @pytest.mark.parametrize("labeled_count", [68, 136])
-def test_real_acdc_literature_protocol(labeled_count):
-    root = SHARED_DATA / "ACDC"
+def test_real_acdc_literature_protocol(acdc_root, labeled_count):
+    root = acdc_root
     cfg = _cfg(root, train="train_slices.list", val="val.list", test="test.list", labeled_count=labeled_count)
     cfg.format = "ssl4mis_h5"
     split = resolve_split(cfg, build_reader(cfg).case_ids())
@@ -203,9 +210,8 @@ def test_real_acdc_literature_protocol(labeled_count):
     assert split.val[0] == "patient028_frame01" and split.test[0] == "patient011_frame01"  # volumes
 
 
-@needs_shared_data
-def test_real_kvasir_fixed_split():
-    root = SHARED_DATA / "Kvasir-SEG"
+def test_real_kvasir_fixed_split(kvasir_root):
+    root = kvasir_root
     cfg = _cfg(
         root,
         train=("splits.json", "train"),

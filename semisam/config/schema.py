@@ -268,9 +268,9 @@ class EvalConfig:
 
     inference: str = "resize"  # resize each slice to data.image_size, or sliding_window at native size
     # Which checkpoint stands for a run (tools/train.py's hint, the benchmark, the demo): ``best`` (best validation
-    # Dice, as SSL4MIS reports) or ``last``. Both are always written and the benchmark scores both. Measured at the
-    # cpu scale over 3 seeds (aa23076): acdc-3 test Dice 0.561 with best vs 0.526 with last (68 labeled slices
-    # overfit late); kvasir-10 the same with either (the best validation came at the last step).
+    # Dice, as SSL4MIS reports) or ``last``. Both are always written and the benchmark scores both. best by default:
+    # a few labeled slices can overfit late in a run, which validation catches (docs/RESULTS.md, "Checkpoint
+    # selection").
     checkpoint: str = "best"
     batch_size: int = 16  # slices per forward pass
     metrics: list[str] = field(default_factory=lambda: ["dice", "iou", "hd95", "asd"])
@@ -299,25 +299,20 @@ class EverythingConfig:
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.5
     min_mask_region_area: int = 0  # pixels
-    # 283 boxes per square image: a GPU grid (14 s per image on 2 CPU cores); scale 0.125 was not measured with
-    # LiteMedSAM, the CPU benchmark configs choose smaller grids
+    # 283 boxes per square image: a grid for a GPU (slow on a CPU, docs/BENCHMARKS.md); the CPU benchmark configs
+    # choose smaller grids
     box_scales: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125])
     box_overlap: float = 0.5
-    # Box-grid rules, chosen from LiteMedSAM measured on CPU (2026-12-01) on 10 Kvasir-SEG val images and 10 ACDC
-    # labeled slices, 1540 box prompts at scales 1 to 0.25 (overlap 0.5). Its single-mask output answers every box
-    # with a non-empty blob; its scores are not on SAM's scale: predicted IoU median 0.79 / 0.72 (Kvasir / ACDC),
-    # above 0.5 for 99 % of boxes; stability median 0.73 / 0.64, maximum 0.949 / 0.898, never >= 0.95, so SAM's
-    # thresholds kept 0 masks. Both rank masks against the labels only weakly (Spearman with the best label IoU:
-    # predicted IoU 0.28 / 0.06, stability 0.21 / -0.08; its multimask outputs have predicted IoU ~0.2 and stability
-    # 0: unused). So the absolute thresholds are off, and the kept masks are set by the grid and by the ranking.
+    # Box-grid rules. A box-only model (LiteMedSAM) answers every box with a non-empty mask, and its scores are not
+    # on SAM's scale: its stability stays below SAM's 0.95, so SAM's absolute thresholds would keep no mask, and
+    # both scores rank masks against the labels only weakly. So the absolute thresholds are off, and the kept masks
+    # are set by the grid and by the ranking (the measurements: docs/RESULTS.md, Archive).
     box_pred_iou_thresh: float = 0.0  # keep masks with predicted IoU above this (0: off)
     box_stability_score_thresh: float = 0.0  # keep masks with stability >= this (0: off)
-    # Kvasir, 29-box grid: the top half by predicted IoU kept the best polyp mask (mean best-mask IoU 0.619 with
-    # 13.5 or all 27.4 masks; the top 8: 0.566); ACDC, 0.25 grid: the top half lost structures (best-mask IoU
-    # RV/Myo/LV 0.456/0.187/0.306 with all masks, 0.383/0.049/0.173 with half). Default: keep all; cpu_kvasir: 0.5.
+    # Keep all by default: keeping only the top part by predicted IoU can drop whole small structures (ACDC's did),
+    # while on large single objects (Kvasir's polyps; cpu_kvasir keeps 0.5) the top half keeps the object's mask.
     box_keep_top_fraction: float = 1.0  # keep this share of an image's distinct masks, highest predicted IoU first
-    # Kvasir, 29-box grid: mask-IoU NMS at 0.5 drops 6 % of the masks at no cost (best-mask IoU 0.619, as at 0.7);
-    # at 0.3 it dropped good masks (0.565).
+    # mask-IoU NMS at 0.5 drops near-duplicate masks only; a lower threshold also drops distinct good ones
     box_mask_nms_thresh: float = 0.5
     box_max_masks: int = 0  # at most this many masks per image (0: no cap)
 
@@ -332,8 +327,8 @@ class TeacherConfig:
     allow_download: bool = True
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, fp32 on other CPUs
-    # 0 = auto: 8 images / 256 prompts per call on CUDA; 1 / 4 on CPU, where larger batches were measured slower
-    # (LiteMedSAM, 2 cores: encoder 1.22 vs 1.37 s per image at batch 1 vs 2; decoder 46 vs 75 ms per box at 1 vs 20)
+    # 0 = auto: 8 images / 256 prompts per call on CUDA; 1 / 4 on CPU, where larger batches are slower, not faster
+    # (docs/BENCHMARKS.md, "Teacher throughput")
     embed_batch_size: int = 0  # images per encoder call
     decode_batch_size: int = 0  # prompts per decoder call
     cache_dir: str = "cache"  # caches live in <cache_dir>/<data.name>/<teacher kind>
