@@ -40,7 +40,7 @@ def main() -> None:
             seed=0,
             layout="folder",
             num_val=6,  # the teacher's offline pass is most of the demo's time: every val/test image costs
-            num_test=8,  # an encoder pass and 9 box decodes (3-4 s on 2 cores) for its priors
+            num_test=8,  # an encoder pass and 9 box decodes for its priors (docs/RESULTS.md: demo timing)
         )
     from semisam.teacher.engine import build_teacher
     from semisam.teacher.precompute import precompute
