@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from semisam.config.schema import ConfigError
-from semisam.data.dataset import CaseLoader, Item, expand_to_slices, require_labels
+from semisam.data.cases import CaseLoader, Item
+from semisam.data.dataset import expand_to_slices, require_labels
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.evaluation.figures import save_refinement_figure

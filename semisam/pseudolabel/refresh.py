@@ -24,7 +24,7 @@ import torch
 
 from semisam import distributed
 from semisam.config.schema import ConfigError, RunConfig
-from semisam.data.dataset import CaseLoader, Item
+from semisam.data.cases import CaseLoader, Item
 from semisam.data.readers import CaseReader
 from semisam.engine.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, spread

@@ -47,7 +47,8 @@ import numpy as np
 
 from semisam.config.loader import config_differences, config_from_dict, config_to_dict, save_config, unused_keys
 from semisam.config.schema import ConfigError, MethodConfig, RunConfig, uses_rounds
-from semisam.data.dataset import CaseLoader, Item, expand_to_slices
+from semisam.data.cases import CaseLoader, Item
+from semisam.data.dataset import expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.pseudolabel.labeler import (

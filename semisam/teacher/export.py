@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from semisam.config.schema import RunConfig
-from semisam.data.dataset import CaseLoader
+from semisam.data.cases import CaseLoader
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.teacher.precompute import SPLIT_NAMES

@@ -219,7 +219,7 @@ def analyze_grid(
     """
     from tqdm import tqdm
 
-    from semisam.data.dataset import CaseLoader
+    from semisam.data.cases import CaseLoader
     from semisam.data.readers import build_reader
     from semisam.data.splits import resolve_split
     from semisam.teacher.cache import CacheStore, cache_root

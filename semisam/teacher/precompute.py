@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from semisam import distributed
 from semisam.config.schema import RunConfig, trains_on_pseudo_labels
-from semisam.data.dataset import CaseLoader
+from semisam.data.cases import CaseLoader
 from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.teacher.cache import CacheStore, cache_root, expected_manifest
