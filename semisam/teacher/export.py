@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from PIL import Image
 
@@ -89,8 +90,6 @@ def _export_png(cfg, reader, store, cases: dict[str, bool], out: Path) -> None:
 
 
 def _export_nnunet(cfg, reader, store, cases: dict[str, bool], out: Path) -> None:
-    import nibabel as nib
-
     dataset = dict(reader.dataset)
     channels = dict(dataset["channel_names"])
     first_new = len(channels)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from semisam import distributed
@@ -448,12 +450,9 @@ def write_quality_report(
     )
     if not previews:
         return summary_path, None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(previews), 3, figsize=(9, 3 * len(previews)), squeeze=False)
+    fig = Figure(figsize=(9, 3 * len(previews)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(previews), 3, squeeze=False)
     for row, (image, priors, label, title) in zip(axes, previews, strict=True):
         shown = image[0] if image.shape[0] == 1 else np.clip(image[:3].transpose(1, 2, 0), 0, 1)
         row[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
@@ -469,7 +468,6 @@ def write_quality_report(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
     preview_path = root / PREVIEW_NAME
     atomic_write_bytes(preview_path, buffer.getvalue())
     return summary_path, preview_path
