@@ -32,7 +32,8 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from semisam.config.schema import TeacherConfig
-from semisam.teacher.checkpoints import TeacherError, resolve_checkpoint
+from semisam.teacher.checkpoints import resolve_checkpoint
+from semisam.teacher.errors import TeacherError
 from semisam.teacher.models import (
     INTENSITY_MINMAX,
     INTENSITY_SAM,
