@@ -135,6 +135,32 @@ def get_spec(kind: str) -> TeacherSpec:
         raise TeacherError(f"unknown teacher.kind={kind!r}; choose from {', '.join(SPECS)}") from None
 
 
+def _prompt_encoder_and_mask_decoder(
+    embedding: int, input_size: int, mlp_dim: int, iou_head_hidden_dim: int
+) -> dict[str, torch.nn.Module]:
+    """segment-anything's prompt encoder and mask decoder, as ``Sam`` keyword arguments, built in that order.
+
+    The prompt encoder has 256 channels, an ``(embedding, embedding)`` embedding grid for an
+    ``(input_size, input_size)`` model input and 16 mask-input channels; the mask decoder 3 multimask outputs,
+    a depth-2 two-way transformer (256 channels, 8 heads, MLP ``mlp_dim``) and an IoU head of depth 3 and width
+    ``iou_head_hidden_dim``.
+    """
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embedding, embedding),
+        input_image_size=(input_size, input_size),
+        mask_in_chans=16,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=mlp_dim, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+    )
+    return {"prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
+
+
 def build_litemedsam_architecture() -> Sam:
     """LiteMedSAM as a ``Sam``: a TinyViT encoder (256x256 input, 64x64 embedding) with SAM's prompt encoder and
     mask decoder, exactly the configuration of MedSAM's ``CVPR24_LiteMedSAM_infer.py``; randomly initialised."""
@@ -154,16 +180,7 @@ def build_litemedsam_architecture() -> Sam:
             local_conv_size=3,
             layer_lr_decay=0.8,
         ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-            transformer_dim=256,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
+        **_prompt_encoder_and_mask_decoder(embedding=64, input_size=256, mlp_dim=2048, iou_head_hidden_dim=256),
         pixel_mean=list(UNIT_RANGE_MEAN),
         pixel_std=list(UNIT_RANGE_STD),
     )
@@ -268,18 +285,6 @@ def build_tiny_sam(seed: int = 0, encoder_size: int = 64) -> Sam:
                 window_size=0,
                 global_attn_indexes=(0,),
             ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=256,
-                image_embedding_size=(embedding, embedding),
-                input_image_size=(encoder_size, encoder_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256, num_heads=8),
-                transformer_dim=256,
-                iou_head_depth=3,
-                iou_head_hidden_dim=64,
-            ),
+            **_prompt_encoder_and_mask_decoder(embedding, encoder_size, mlp_dim=256, iou_head_hidden_dim=64),
         )
     return sam.eval()
