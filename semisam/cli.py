@@ -61,7 +61,7 @@ def run_main(main) -> None:
     from semisam.data.errors import DataError
     from semisam.student.checkpoint import CheckpointError
     from semisam.teacher.cache import CacheError
-    from semisam.teacher.checkpoints import TeacherError
+    from semisam.teacher.errors import TeacherError
 
     try:
         main()

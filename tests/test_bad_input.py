@@ -36,7 +36,8 @@ from semisam.data.splits import read_id_list, resolve_split
 from semisam.student.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from semisam.teacher import stores
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest, teacher_identity
-from semisam.teacher.checkpoints import SAM_CHECKPOINTS, TeacherError, resolve_checkpoint
+from semisam.teacher.checkpoints import SAM_CHECKPOINTS, resolve_checkpoint
+from semisam.teacher.errors import TeacherError
 
 from .conftest import REPO, run_train_tool, tiny_overrides, write_h5, write_png
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from semisam.config.loader import load_config
-from semisam.data.dataset import CaseLoader, expand_to_slices
+from semisam.data.cases import CaseLoader
+from semisam.data.dataset import expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine.trainer import Trainer

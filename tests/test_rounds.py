@@ -231,7 +231,8 @@ def test_reliability_report_bins_and_shares(phantom_root, tmp_path, tiny_teacher
     nested, gains computed from the reported Dice."""
     cfg = _cfg(phantom_root, tmp_path, "analysis")
     pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled"], priors=False, progress=False)
-    from semisam.data.dataset import CaseLoader, expand_to_slices
+    from semisam.data.cases import CaseLoader
+    from semisam.data.dataset import expand_to_slices
     from semisam.pseudolabel.labeler import PseudoLabeler
     from semisam.student.unet import build_student
     from semisam.teacher.stores import open_embedding_store

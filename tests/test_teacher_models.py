@@ -14,8 +14,9 @@ import torch
 
 from semisam.config.schema import TEACHER_KINDS, TeacherConfig
 from semisam.teacher import checkpoints, models
-from semisam.teacher.checkpoints import SAM_CHECKPOINTS, TeacherError, resolve_checkpoint, sha256_file
+from semisam.teacher.checkpoints import SAM_CHECKPOINTS, resolve_checkpoint, sha256_file
 from semisam.teacher.engine import build_teacher, teacher_dtype
+from semisam.teacher.errors import TeacherError
 from semisam.teacher.models import SPECS, build_architecture, build_sam, build_tiny_sam, tiny_spec
 
 SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
@@ -41,6 +42,30 @@ def test_every_config_kind_has_a_spec_and_box_only_kinds_refuse_points():
     assert SPECS["medsam_vit_b"].preprocessing == "resize-square-1024+minmax"
     with pytest.raises(TeacherError, match="unknown teacher.kind"):
         models.get_spec("sam_vit_x")
+
+
+def test_the_specs_are_the_one_table_of_kinds():
+    # config.schema cannot import the teacher, so it keeps its own tuple of names: it must name the same kinds
+    assert len(set(TEACHER_KINDS)) == len(TEACHER_KINDS)
+    assert sorted(TEACHER_KINDS) == sorted(SPECS)
+    assert all(kind == spec.kind for kind, spec in SPECS.items())
+    # the official files are exactly those of the kinds whose weights are official
+    assert set(SAM_CHECKPOINTS) == {kind for kind, spec in SPECS.items() if spec.weights == models.WEIGHTS_OFFICIAL}
+    assert {spec.weights for spec in SPECS.values()} <= {
+        models.WEIGHTS_OFFICIAL,
+        models.WEIGHTS_LOCAL,
+        models.WEIGHTS_PACKAGED,
+    }
+    assert {kind: spec.architecture for kind, spec in SPECS.items()} == {
+        "sam_vit_b": "vit_b",
+        "sam_vit_l": "vit_l",
+        "sam_vit_h": "vit_h",
+        "medsam_vit_b": "vit_b",
+        "litemedsam": models.ARCH_TINY_VIT,
+    }
+    listed = "sam_vit_b, sam_vit_l, sam_vit_h, medsam_vit_b, litemedsam"
+    with pytest.raises(TeacherError, match=f"choose from {listed}$"):
+        resolve_checkpoint(TeacherConfig(kind="sam_vit_x"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

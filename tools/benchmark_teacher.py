@@ -53,7 +53,7 @@ def main() -> None:
     import torch
 
     from semisam.config.loader import load_config
-    from semisam.data.dataset import CaseLoader
+    from semisam.data.cases import CaseLoader
     from semisam.data.readers import build_reader
     from semisam.data.splits import resolve_split
     from semisam.teacher.benchmark import benchmark_teacher, format_rows

@@ -34,6 +34,7 @@ from semisam.config.schema import (
     trains_on_pseudo_labels,
     validate_config,
 )
+from semisam.utils import atomic_write_text
 
 logger = logging.getLogger("semisam")
 
@@ -189,8 +190,6 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from semisam.utils import atomic_write_text
-
     atomic_write_text(Path(path), OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 

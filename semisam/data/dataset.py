@@ -1,7 +1,7 @@
 """Training samples: 2D slices of the cases a reader provides, and the iteration-indexed sampler that feeds them.
 
-A training *item* is ``(case_id, slice_index)``; ``slice_index`` is ``-1`` for a 2D case and ``k`` for the
-k-th slice (along the reader's slicing axis) of a 3D case.
+A training *item* is ``(case_id, slice_index)`` (:data:`~semisam.data.cases.Item`); ``slice_index`` is ``-1`` for
+a 2D case and ``k`` for the k-th slice (along the reader's slicing axis) of a 3D case.
 
 Reproducibility and resumption: :class:`IterationBatchSampler` derives batch ``t`` from ``(seed, t)`` alone and
 gives every sample its own augmentation seed, so a run restarted at iteration ``t`` sees exactly the batches an
@@ -10,7 +10,6 @@ uninterrupted run would have seen, whatever the number of workers.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from semisam.config.schema import DataConfig
+from semisam.data.cases import CaseLoader, Item, PriorSource
 from semisam.data.errors import DataError
 from semisam.data.memory import SliceStore, resize_maps
 from semisam.data.readers import CaseReader
@@ -28,22 +28,13 @@ from semisam.data.transforms import (
     build_intensity_transform,
     build_photometric_transform,
     build_spatial_transform,
-    normalize_intensity,
 )
-
-Item = tuple[str, int]
 
 
 class PseudoLabelSource(Protocol):
     """A pseudo-label bank: ``entries[index]`` has ``label`` (H, W), ``weight`` (H, W), ``uncertainty`` (H, W)."""
 
     entries: dict
-
-
-class PriorSource(Protocol):
-    """Where prior maps come from (the teacher cache's priors store)."""
-
-    def load(self, case_id: str) -> np.ndarray: ...
 
 
 def expand_to_slices(reader: CaseReader, case_ids: Sequence[str]) -> list[Item]:
@@ -101,54 +92,6 @@ def check_labeled_cases(reader: CaseReader, case_ids: Sequence[str], cfg: DataCo
         f"data.split: every label of the {len(ids)} {what} cases is background only (e.g. {example}): "
         f"the student would learn to predict background everywhere{hint}"
     )
-
-
-class CaseLoader:
-    """Reads and normalises whole cases, keeping the last few in memory (3D cases are read once per volume,
-    not once per slice). Normalisation is per case, so a slice is normalised with its volume's statistics."""
-
-    def __init__(self, reader: CaseReader, cfg: DataConfig, priors: PriorSource | None = None) -> None:
-        self.reader = reader
-        self.cfg = cfg
-        self.priors = priors
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._priors_case: str | None = None
-        self._priors_array = np.empty(0, np.float32)
-
-    def image(self, case_id: str) -> np.ndarray:
-        """Normalised image, float32 (C, H, W) or (C, D, H, W)."""
-        if case_id in self._cache:
-            self._cache.move_to_end(case_id)
-            return self._cache[case_id]
-        image = normalize_intensity(
-            self.reader.read_image(case_id), self.cfg.modality, tuple(self.cfg.clip_percentiles)
-        )
-        self._cache[case_id] = image
-        while len(self._cache) > max(1, self.cfg.cache_cases):
-            self._cache.popitem(last=False)
-        return image
-
-    def clear(self) -> None:
-        """Forget cached cases (for passes that read every case once)."""
-        self._cache.clear()
-
-    def image_slice(self, case_id: str, slice_index: int) -> np.ndarray:
-        """float32 (C, H, W)."""
-        image = self.image(case_id)
-        return image if slice_index < 0 else image[:, slice_index]
-
-    def priors_slice(self, case_id: str, slice_index: int) -> np.ndarray:
-        """SAMAug prior maps of a slice from the teacher cache, float32 (2, H, W)."""
-        if self.priors is None:
-            raise ValueError("no prior store was given")
-        if self._priors_case != case_id:
-            self._priors_case, self._priors_array = case_id, self.priors.load(case_id)
-        return self._priors_array if slice_index < 0 else self._priors_array[slice_index]
-
-    def label_slice(self, case_id: str, slice_index: int) -> np.ndarray:
-        """int64 (H, W). Only ever called for labeled items."""
-        label = self.reader.read_label(case_id)
-        return label if slice_index < 0 else label[slice_index]
 
 
 class SliceDataset(Dataset):

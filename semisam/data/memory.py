@@ -6,10 +6,10 @@ A :class:`SliceStore` does that work once, before the first step, so that a step
 in memory (in the main process: ``data.num_workers=0`` is then the fastest choice on CPU). It also means that a
 bad file stops the run before any training, with the file named, whatever ``data.num_workers`` is.
 
-Shapes and conventions: items are ``(case_id, slice_index)`` as in :mod:`semisam.data.dataset`; every stored
+Shapes and conventions: items are ``(case_id, slice_index)`` (:data:`~semisam.data.cases.Item`); every stored
 map has the training size ``(h, w) = data.image_size`` (pixels). Images are resized bilinearly (cv2
 ``INTER_LINEAR``, half-pixel centres: the same sampling as the bilinear resize used at inference), labels by
-nearest neighbour. Normalisation is per case, as in :class:`~semisam.data.dataset.CaseLoader`.
+nearest neighbour. Normalisation is per case, as in :class:`~semisam.data.cases.CaseLoader`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from semisam.config.schema import DataConfig
+from semisam.data.cases import CaseLoader, Item
 from semisam.data.readers import CaseReader
 
 logger = logging.getLogger("semisam")
-
-Item = tuple[str, int]
 
 
 def resize_maps(maps: np.ndarray, size: Sequence[int], nearest: bool = False) -> np.ndarray:
@@ -103,8 +102,6 @@ class SliceStore:
             progress: a tqdm bar.
             what: the set's name for the bar and the log line.
         """
-        from semisam.data.dataset import CaseLoader  # the one home of per-case normalisation
-
         items = list(items)
         if not items:
             raise ValueError(f"no {what or 'training'} items to hold in memory")

@@ -34,7 +34,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import h5py
+import nibabel as nib
 import numpy as np
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 logger = logging.getLogger("semisam")
@@ -129,22 +132,16 @@ def _draw_case(rng: np.random.Generator, size: int, num_slices: int | None) -> t
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
 def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
-    import h5py
-
     with h5py.File(path, "w") as f:
         f.create_dataset("image", data=image.astype(np.float32), compression="gzip")
         f.create_dataset("label", data=label.astype(np.uint8), compression="gzip")
 
 
 def _write_nifti(path: Path, array_xyz: np.ndarray) -> None:
-    import nibabel as nib
-
     nifti = nib.Nifti1Image(array_xyz, np.diag([*PHANTOM_SPACING, 1.0]))
     nifti.header.set_xyzt_units("mm")
     nib.save(nifti, path)
@@ -192,15 +189,9 @@ def make_phantom(
         "num_val": num_val,
         "num_test": num_test,
     }
-    manifest_path = root / MANIFEST
-    if manifest_path.is_file():
-        try:
-            if json.loads(manifest_path.read_text(encoding="utf-8")) == manifest:
-                logger.info("phantom already at %s", root)
-                return root
-        except ValueError:
-            pass
-        manifest_path.unlink()  # another phantom (or a broken one): rewrite every file
+    if _already_made(root, manifest):
+        logger.info("phantom already at %s", root)
+        return root
 
     ids = [f"case_{i:03d}" for i in range(num_cases)]
     num_train = num_cases - num_val - num_test
@@ -209,7 +200,36 @@ def make_phantom(
         "val": ids[num_train : num_train + num_val],
         "test": ids[num_train + num_val :],
     }
-    is_3d = layout != "folder"
+    _make_folders(root, layout)
+    train_slices: list[str] = []
+    for index, case_id in enumerate(ids):
+        rng = np.random.default_rng([seed, index])
+        num_slices = int(rng.integers(3, 6)) if layout != "folder" else None
+        image, label = _draw_case(rng, size, num_slices)
+        train_slices += _write_case(root, layout, case_id, image, label, subsets)
+    _write_index_files(root, layout, subsets, train_slices)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    logger.info("wrote a %s phantom of %d cases to %s", layout, num_cases, root)
+    return root
+
+
+def _already_made(root: Path, manifest: dict[str, Any]) -> bool:
+    """Whether ``root`` holds a complete phantom made with ``manifest``'s arguments. A manifest of another
+    phantom (or an unreadable one) is removed, so that every file is rewritten."""
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        if json.loads(manifest_path.read_text(encoding="utf-8")) == manifest:
+            return True
+    except ValueError:
+        pass
+    manifest_path.unlink()  # another phantom (or a broken one): rewrite every file
+    return False
+
+
+def _make_folders(root: Path, layout: str) -> None:
+    """``root`` and the folders of ``layout``."""
     root.mkdir(parents=True, exist_ok=True)
     if layout == "folder":
         for sub in ("images", "masks"):
@@ -220,30 +240,39 @@ def make_phantom(
     else:
         (root / "data").mkdir(exist_ok=True)
 
-    train_slices: list[str] = []
-    for index, case_id in enumerate(ids):
-        rng = np.random.default_rng([seed, index])
-        num_slices = int(rng.integers(3, 6)) if is_3d else None
-        image, label = _draw_case(rng, size, num_slices)
-        if layout == "folder":
-            _write_png(root / "images" / f"{case_id}.png", np.round(image * 255))
-            _write_png(root / "masks" / f"{case_id}.png", label)
-        elif layout == "nnunet":
-            part = "Ts" if case_id in subsets["test"] else "Tr"
-            # (D, H, W) -> NIfTI (X, Y, Z) = (H, W, D): slices along Z, read back with data.slice_axis=2.
-            _write_nifti(
-                root / f"images{part}" / f"{case_id}_0000.nii.gz",
-                np.round(np.moveaxis(image, 0, -1) * 1000).astype(np.int16),
-            )
-            _write_nifti(root / f"labels{part}" / f"{case_id}.nii.gz", np.moveaxis(label, 0, -1).astype(np.uint8))
-        elif case_id in subsets["train"]:
-            for k in range(image.shape[0]):
-                name = f"{case_id}_slice_{k}"
-                _write_h5(root / "data" / f"{name}.h5", image[k], label[k])
-                train_slices.append(name)
-        else:
-            _write_h5(root / "data" / f"{case_id}.h5", image, label)
 
+def _write_case(
+    root: Path, layout: str, case_id: str, image: np.ndarray, label: np.ndarray, subsets: dict[str, list[str]]
+) -> list[str]:
+    """Write one case (image float32 in [0, 1], label uint8; ``(H, W)`` for ``folder``, ``(D, H, W)``
+    otherwise) in ``layout``'s files; returns the names of the slice files it wrote for the ``ssl4mis_h5``
+    training list (none for other layouts and held-out cases)."""
+    if layout == "folder":
+        _write_png(root / "images" / f"{case_id}.png", np.round(image * 255))
+        _write_png(root / "masks" / f"{case_id}.png", label)
+        return []
+    if layout == "nnunet":
+        part = "Ts" if case_id in subsets["test"] else "Tr"
+        # (D, H, W) -> NIfTI (X, Y, Z) = (H, W, D): slices along Z, read back with data.slice_axis=2.
+        _write_nifti(
+            root / f"images{part}" / f"{case_id}_0000.nii.gz",
+            np.round(np.moveaxis(image, 0, -1) * 1000).astype(np.int16),
+        )
+        _write_nifti(root / f"labels{part}" / f"{case_id}.nii.gz", np.moveaxis(label, 0, -1).astype(np.uint8))
+        return []
+    if case_id not in subsets["train"]:
+        _write_h5(root / "data" / f"{case_id}.h5", image, label)
+        return []
+    names = []
+    for k in range(image.shape[0]):
+        name = f"{case_id}_slice_{k}"
+        _write_h5(root / "data" / f"{name}.h5", image[k], label[k])
+        names.append(name)
+    return names
+
+
+def _write_index_files(root: Path, layout: str, subsets: dict[str, list[str]], train_slices: list[str]) -> None:
+    """The split lists (``splits.json``, or SSL4MIS's ``.list`` files) and nnU-Net's ``dataset.json``."""
     if layout == "ssl4mis_h5":
         _write_lines(root / "train_slices.list", train_slices)
         _write_lines(root / "val.list", subsets["val"])
@@ -254,14 +283,11 @@ def make_phantom(
         dataset = {
             "channel_names": {"0": "MRI"},
             "labels": {name: value for value, name in enumerate(CLASS_NAMES)},
-            "numTraining": num_train + num_val,
+            "numTraining": len(subsets["train"]) + len(subsets["val"]),
             "file_ending": ".nii.gz",
             "name": "semisam phantom",
         }
         (root / "dataset.json").write_text(json.dumps(dataset, indent=1), encoding="utf-8")
-    manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    logger.info("wrote a %s phantom of %d cases to %s", layout, num_cases, root)
-    return root
 
 
 def phantom_data_config(root: Path, layout: str, labeled_fraction: float = _LABELED_FRACTION) -> dict[str, Any]:

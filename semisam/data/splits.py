@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.config.schema import DataConfig, SubsetConfig
+from semisam.config.schema import DataConfig, SplitConfig, SubsetConfig
 from semisam.data.errors import DataError
 
 #: Extensions stripped from ids in list files (longest first, compared case-insensitively).
@@ -182,21 +182,53 @@ def resolve_split(cfg: DataConfig, available: Sequence[str]) -> Split:
     if duplicates:
         raise DataError(f"{cfg.root}: duplicate case ids {_show(duplicates)}")
     known = set(available)
+    val, test = _held_out_from_files(cfg, known)
+    pool = _training_pool(cfg, available, known, val, test)
+    pool, val, test = _carve_held_out(split, pool, val, test)
+    if split.shuffle_seed is not None:
+        pool = [pool[k] for k in np.random.default_rng(split.shuffle_seed).permutation(len(pool))]
+    labeled = _labeled_subset(cfg, pool, known)
+    labeled_set = set(labeled)
+    unlabeled = [i for i in pool if i not in labeled_set]
+    if split.unlabeled_count is not None:
+        if split.unlabeled_count < 0:
+            raise DataError(f"data.split.unlabeled_count={split.unlabeled_count} must be >= 0")
+        unlabeled = unlabeled[: split.unlabeled_count]
 
+    _check_disjoint({"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test})
+    return Split(labeled=list(labeled), unlabeled=unlabeled, val=list(val), test=list(test))
+
+
+def _held_out_from_files(cfg: DataConfig, known: set[str]) -> tuple[list[str] | None, list[str] | None]:
+    """Step 1: ``(val, test)`` from their files (``None`` for a subset without one); a subset given both a file
+    and a fraction is an error."""
+    split = cfg.split
     val = _read_subset(cfg, "val", known)
     test = _read_subset(cfg, "test", known)
     for name, ids, fraction in (("val", val, split.val_fraction), ("test", test, split.test_fraction)):
         if ids is not None and fraction > 0:
             raise DataError(f"data.split: give either {name}.file or {name}_fraction={fraction}, not both")
+    return val, test
 
+
+def _training_pool(
+    cfg: DataConfig, available: Sequence[str], known: set[str], val: list[str] | None, test: list[str] | None
+) -> list[str]:
+    """Step 2: the ``train`` file's ids (disjoint from val and test), or every available case not held out, in
+    the reader's order."""
     pool = _read_subset(cfg, "train", known)
     if pool is None:
         held_out = set(val or []) | set(test or [])
-        pool = [i for i in available if i not in held_out]
-    else:
-        _check_disjoint({"train": pool, "val": val or [], "test": test or []})
+        return [i for i in available if i not in held_out]
+    _check_disjoint({"train": pool, "val": val or [], "test": test or []})
+    return pool
 
-    # Carve val / test from the pool, independently of shuffle_seed.
+
+def _carve_held_out(
+    split: SplitConfig, pool: list[str], val: list[str] | None, test: list[str] | None
+) -> tuple[list[str], list[str], list[str]]:
+    """Step 3: ``(pool, val, test)`` with val / test carved from the pool by their fractions where they have no
+    file (a permutation drawn from ``carve_seed`` alone; each carved list keeps pool order)."""
     total = len(pool)
     n_val = _fraction_count(split.val_fraction, total, "val_fraction") if val is None and split.val_fraction else 0
     n_test = _fraction_count(split.test_fraction, total, "test_fraction") if test is None and split.test_fraction else 0
@@ -213,11 +245,13 @@ def resolve_split(cfg: DataConfig, available: Sequence[str]) -> Split:
         if n_test:
             test = [c for k, c in enumerate(pool) if k in test_idx]
         pool = [c for k, c in enumerate(pool) if k not in val_idx and k not in test_idx]
-    val, test = val or [], test or []
+    return pool, val or [], test or []
 
-    if split.shuffle_seed is not None:
-        pool = [pool[k] for k in np.random.default_rng(split.shuffle_seed).permutation(len(pool))]
 
+def _labeled_subset(cfg: DataConfig, pool: list[str], known: set[str]) -> list[str]:
+    """Step 5: the labeled ids, from exactly one of ``labeled.file`` (ids of the pool), ``labeled_count`` or
+    ``labeled_fraction`` (the first ones of the pool), or the whole pool; never empty."""
+    split = cfg.split
     given = [
         k
         for k, v in (
@@ -249,13 +283,4 @@ def resolve_split(cfg: DataConfig, available: Sequence[str]) -> Split:
         labeled = list(pool)
     if not labeled:
         raise DataError(f"data.split leaves no labeled data (training pool of {len(pool)} cases under {cfg.root})")
-
-    labeled_set = set(labeled)
-    unlabeled = [i for i in pool if i not in labeled_set]
-    if split.unlabeled_count is not None:
-        if split.unlabeled_count < 0:
-            raise DataError(f"data.split.unlabeled_count={split.unlabeled_count} must be >= 0")
-        unlabeled = unlabeled[: split.unlabeled_count]
-
-    _check_disjoint({"labeled": labeled, "unlabeled": unlabeled, "val": val, "test": test})
-    return Split(labeled=list(labeled), unlabeled=unlabeled, val=list(val), test=list(test))
+    return labeled

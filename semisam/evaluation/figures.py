@@ -136,14 +136,7 @@ def save_prediction_figure(
         )
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} must be >= 2")
-    fg = [f"class_{c}" for c in range(1, num_classes)]
-    if class_names:
-        if len(class_names) == num_classes:
-            fg = [str(s) for s in class_names[1:]]
-        elif len(class_names) == num_classes - 1:
-            fg = [str(s) for s in class_names]
-        else:
-            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+    fg = _foreground_names(class_names, num_classes)
 
     width, height = 3 * CELL_INCHES, n * CELL_INCHES + LEGEND_INCHES
     fig = Figure(figsize=(width, height), dpi=DPI)
@@ -152,33 +145,69 @@ def save_prediction_figure(
         n, 3, left=0.01, right=0.99, top=1 - 0.4 / height, bottom=bottom + 0.01, hspace=0.2, wspace=0.03
     )
     for i, (image, ref, pred, title) in enumerate(zip(images, refs, preds, titles, strict=True)):
-        base = _display_image(image, image_channels)
-        pred = np.asarray(pred)
-        if pred.shape != base.shape[:2]:
-            raise ValueError(f"case {title!r}: pred shape {pred.shape} != image shape {base.shape[:2]}")
         axes = [fig.add_subplot(grid[i, j]) for j in range(3)]
-        axes[0].imshow(base, interpolation="nearest")
-        axes[0].set_title(str(title), fontsize=9)
-        if ref is not None:
-            ref = np.asarray(ref)
-            if ref.shape != pred.shape:
-                raise ValueError(f"case {title!r}: ref shape {ref.shape} != pred shape {pred.shape}")
-            axes[1].imshow(_overlay(base, ref, num_classes), interpolation="nearest")
-            axes[1].set_title(columns[0], fontsize=9)
-            pred_title = f"{columns[1]}: {_dice_text(pred, ref, num_classes, fg)}"
-        else:
-            axes[1].imshow(base * 0.3, interpolation="nearest")
-            axes[1].text(0.5, 0.5, "no reference", ha="center", va="center", color="white", transform=axes[1].transAxes)
-            axes[1].set_title(columns[0], fontsize=9)
-            pred_title = columns[1]
-        axes[2].imshow(_overlay(base, pred, num_classes), interpolation="nearest")
-        axes[2].set_title(pred_title, fontsize=8 if "\n" in pred_title else 9)
-        for ax in axes:
-            ax.set_axis_off()
-    handles = [Patch(color=class_colour(c), label=fg[c - 1]) for c in range(1, num_classes)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+        _draw_prediction_row(axes, image, ref, pred, title, num_classes, fg, image_channels, columns)
+    _add_class_legend(fig, fg, num_classes)
     save_figure(fig, path)
     logger.debug("wrote prediction figure %s (%d cases)", path, n)
+
+
+def _foreground_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """The ``num_classes - 1`` foreground names for the legend: from ``class_names`` (every class, background
+    first, or the foreground ones only), default ``class_<c>``."""
+    fg = [f"class_{c}" for c in range(1, num_classes)]
+    if class_names:
+        if len(class_names) == num_classes:
+            fg = [str(s) for s in class_names[1:]]
+        elif len(class_names) == num_classes - 1:
+            fg = [str(s) for s in class_names]
+        else:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+    return fg
+
+
+def _draw_prediction_row(
+    axes: list,
+    image: np.ndarray,
+    ref: np.ndarray | None,
+    pred: np.ndarray,
+    title: str,
+    num_classes: int,
+    fg: Sequence[str],
+    image_channels: int | None,
+    columns: tuple[str, str],
+) -> None:
+    """One case's three panels of :func:`save_prediction_figure` on ``axes``: the image (float (C, H, W) or
+    (H, W)), the reference overlay (or "no reference"), the prediction overlay titled with its Dice; ``ref`` and
+    ``pred`` are integer (H, W) label maps of the image's size."""
+    base = _display_image(image, image_channels)
+    pred = np.asarray(pred)
+    if pred.shape != base.shape[:2]:
+        raise ValueError(f"case {title!r}: pred shape {pred.shape} != image shape {base.shape[:2]}")
+    axes[0].imshow(base, interpolation="nearest")
+    axes[0].set_title(str(title), fontsize=9)
+    if ref is not None:
+        ref = np.asarray(ref)
+        if ref.shape != pred.shape:
+            raise ValueError(f"case {title!r}: ref shape {ref.shape} != pred shape {pred.shape}")
+        axes[1].imshow(_overlay(base, ref, num_classes), interpolation="nearest")
+        axes[1].set_title(columns[0], fontsize=9)
+        pred_title = f"{columns[1]}: {_dice_text(pred, ref, num_classes, fg)}"
+    else:
+        axes[1].imshow(base * 0.3, interpolation="nearest")
+        axes[1].text(0.5, 0.5, "no reference", ha="center", va="center", color="white", transform=axes[1].transAxes)
+        axes[1].set_title(columns[0], fontsize=9)
+        pred_title = columns[1]
+    axes[2].imshow(_overlay(base, pred, num_classes), interpolation="nearest")
+    axes[2].set_title(pred_title, fontsize=8 if "\n" in pred_title else 9)
+    for ax in axes:
+        ax.set_axis_off()
+
+
+def _add_class_legend(fig: Figure, fg: Sequence[str], num_classes: int) -> None:
+    """The legend strip at the bottom: one patch per foreground class in its fixed colour, named ``fg[c - 1]``."""
+    handles = [Patch(color=class_colour(c), label=fg[c - 1]) for c in range(1, num_classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
 
 
 def save_metric_bar_figure(path: Path, summary: dict) -> None:
@@ -274,6 +303,5 @@ def save_refinement_figure(
         axes[4].set_title("reference", fontsize=8)
         for ax in axes:
             ax.set_axis_off()
-    handles = [Patch(color=class_colour(c), label=fg[c - 1]) for c in range(1, num_classes)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    _add_class_legend(fig, fg, num_classes)
     save_figure(fig, path)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from semisam.config.schema import DataConfig, EvalConfig, PriorsConfig
-from semisam.data.dataset import CaseLoader, PriorSource, require_labels
+from semisam.data.cases import CaseLoader, PriorSource
+from semisam.data.dataset import require_labels
 from semisam.data.fusion import fuse_priors, more_confident
 from semisam.data.readers import CaseReader
 from semisam.evaluation.metrics import MetricAccumulator

@@ -144,35 +144,8 @@ def case_metrics(
     ref_any = ref_oh.flatten(2).any(-1)[0].tolist()
     both = [c for c in range(num_classes - 1) if pred_any[c] and ref_any[c]]
 
-    values: dict[str, list[float]] = {}
-    nan_row = [math.nan] * (num_classes - 1)
-    if "dice" in names:
-        dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-        values["dice"] = dice(y_pred=pred_oh.double(), y=ref_oh.double())[0].tolist()
-    if "iou" in names:
-        iou = MeanIoU(include_background=True, reduction="none", ignore_empty=True)
-        values["iou"] = iou(y_pred=pred_oh.double(), y=ref_oh.double())[0].tolist()
-    distance_names = [m for m in names if m in DISTANCE_METRICS]
-    if distance_names and both:
-        # only the classes present in both maps: MONAI would warn and return inf/NaN for the others
-        pred_sel, ref_sel = pred_oh[:, both], ref_oh[:, both]
-        kwargs = {"spacing": list(spacing_t)} if spacing_t is not None else {}
-        with warnings.catch_warnings():
-            # MONAI 1.6 passes a deprecated argument to itself inside get_mask_edges
-            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-            for name in distance_names:
-                if name == "hd95":
-                    metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-                else:
-                    metric = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")
-                row = list(nan_row)
-                for k, v in zip(both, metric(y_pred=pred_sel, y=ref_sel, **kwargs)[0].tolist(), strict=True):
-                    row[k] = v
-                values[name] = row
-    else:
-        for name in distance_names:
-            values[name] = list(nan_row)
-
+    values = _overlap_scores(pred_oh, ref_oh, names)
+    values.update(_distance_scores(pred_oh, ref_oh, [m for m in names if m in DISTANCE_METRICS], both, spacing_t))
     worst = image_diagonal(pred_arr.shape, spacing_t)
     out: dict[int, dict[str, float]] = {}
     for k in range(num_classes - 1):
@@ -183,6 +156,53 @@ def case_metrics(
         else:
             out[k + 1] = {m: float(values[m][k]) for m in names}
     return out
+
+
+def _overlap_scores(pred_oh: torch.Tensor, ref_oh: torch.Tensor, names: Sequence[str]) -> dict[str, list[float]]:
+    """MONAI's Dice and IoU of the asked ones among ``names``, per foreground class: ``{metric: [K-1 values]}``
+    from bool one-hot masks ``(1, K-1, *spatial)`` (the empty-structure rules are applied by the caller)."""
+    values: dict[str, list[float]] = {}
+    if "dice" in names:
+        dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
+        values["dice"] = dice(y_pred=pred_oh.double(), y=ref_oh.double())[0].tolist()
+    if "iou" in names:
+        iou = MeanIoU(include_background=True, reduction="none", ignore_empty=True)
+        values["iou"] = iou(y_pred=pred_oh.double(), y=ref_oh.double())[0].tolist()
+    return values
+
+
+def _distance_scores(
+    pred_oh: torch.Tensor,
+    ref_oh: torch.Tensor,
+    distance_names: Sequence[str],
+    both: Sequence[int],
+    spacing: tuple[float, ...] | None,
+) -> dict[str, list[float]]:
+    """MONAI's HD95 / ASD (``distance_names``) per foreground class, ``{metric: [K-1 values]}`` from bool one-hot
+    masks ``(1, K-1, *spatial)``, in the units of ``spacing`` (one value per spatial axis) or pixels/voxels.
+
+    Only the classes in ``both`` (indices ``0..K-2`` present in both maps) are computed: MONAI would warn and
+    return inf/NaN for the others, which are NaN here (the caller's empty-structure rules replace them).
+    """
+    nan_row = [math.nan] * pred_oh.shape[1]
+    if not (distance_names and both):
+        return {name: list(nan_row) for name in distance_names}
+    values: dict[str, list[float]] = {}
+    pred_sel, ref_sel = pred_oh[:, both], ref_oh[:, both]
+    kwargs = {"spacing": list(spacing)} if spacing is not None else {}
+    with warnings.catch_warnings():
+        # MONAI 1.6 passes a deprecated argument to itself inside get_mask_edges
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        for name in distance_names:
+            if name == "hd95":
+                metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+            else:
+                metric = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")
+            row = list(nan_row)
+            for k, v in zip(both, metric(y_pred=pred_sel, y=ref_sel, **kwargs)[0].tolist(), strict=True):
+                row[k] = v
+            values[name] = row
+    return values
 
 
 def _nanmean(values: Sequence[float]) -> float:

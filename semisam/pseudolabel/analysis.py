@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from semisam.config.schema import RELIABILITY_RULES, RunConfig
-from semisam.data.dataset import CaseLoader, expand_to_slices
+from semisam.data.cases import CaseLoader
+from semisam.data.dataset import expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.pseudolabel.labeler import PseudoLabeler, PseudoLabelResult, score_against_labels

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from semisam.config.schema import RunConfig
-from semisam.data.dataset import CaseLoader, Item
+from semisam.data.cases import CaseLoader, Item
 from semisam.data.fusion import fuse_priors
 from semisam.evaluation.inference import predict_probabilities
 from semisam.pseudolabel.prompts import ClassPrompt, perturb_prompts, prompts_from_probabilities

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from semisam.config.schema import PseudoLabelConfig
+from semisam.teacher.boxes import component_box
 
 logger = logging.getLogger("semisam")
 
@@ -174,21 +175,6 @@ def prompts_from_probabilities(
                     logger.debug("class %d covers the whole image: no background for negative points", k)
             prompts.append(ClassPrompt(k, box, component, distance_peak(component), negatives))
     return prompts
-
-
-def component_box(component: np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """Float32 ``(4,)`` XYXY pixel-edge box of a non-empty bool ``(H, W)`` mask, each side pushed out by
-    ``margin`` x the tight box's width (x) or height (y), clipped to ``[0, W] x [0, H]``."""
-    rows = np.flatnonzero(component.any(axis=1))
-    cols = np.flatnonzero(component.any(axis=0))
-    if rows.size == 0:
-        raise ValueError("cannot box an empty component")
-    x0, x1 = float(cols[0]), float(cols[-1] + 1)
-    y0, y1 = float(rows[0]), float(rows[-1] + 1)
-    dx, dy = margin * (x1 - x0), margin * (y1 - y0)
-    height, width = component.shape
-    box = [max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(width), x1 + dx), min(float(height), y1 + dy)]
-    return np.asarray(box, dtype=np.float32)
 
 
 def distance_peak(component: np.ndarray) -> np.ndarray:

@@ -36,7 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from semisam.config.schema import ConfigError, RunConfig
-from semisam.data.dataset import CaseLoader, Item, expand_to_slices, require_labels
+from semisam.data.cases import CaseLoader, Item
+from semisam.data.dataset import expand_to_slices, require_labels
 from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import resolve_split
 from semisam.evaluation.figures import save_refinement_figure

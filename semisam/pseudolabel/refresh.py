@@ -24,7 +24,7 @@ import torch
 
 from semisam import distributed
 from semisam.config.schema import RunConfig
-from semisam.data.dataset import CaseLoader, Item
+from semisam.data.cases import CaseLoader, Item
 from semisam.data.readers import CaseReader
 from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, PseudoLabelResult
 from semisam.pseudolabel.pipeline import calibrate_then_label, calibration_items, initial_trust, labeling_seed

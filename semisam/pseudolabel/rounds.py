@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from semisam.config.schema import RunConfig, semisam_backbone
-from semisam.data.dataset import CaseLoader, Item, expand_to_slices
+from semisam.data.cases import CaseLoader, Item
+from semisam.data.dataset import expand_to_slices
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.evaluation.figures import save_prediction_figure

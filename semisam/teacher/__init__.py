@@ -8,7 +8,8 @@ pull in segment-anything / torchvision):
 - :class:`TeacherSpec`, :data:`SPECS`, :func:`get_spec`, :func:`build_sam`, :func:`build_tiny_sam`,
   :func:`tiny_spec` (``models``)
 - :func:`resolve_checkpoint`, :func:`sha256_file`, :func:`download_checkpoint`, :data:`SAM_CHECKPOINTS`,
-  :class:`OfficialCheckpoint`, :class:`TeacherError` (``checkpoints``)
+  :class:`OfficialCheckpoint` (``checkpoints``)
+- :class:`TeacherError` (``errors``)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _EXPORTS = {
     "download_checkpoint": "checkpoints",
     "SAM_CHECKPOINTS": "checkpoints",
     "OfficialCheckpoint": "checkpoints",
-    "TeacherError": "checkpoints",
+    "TeacherError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

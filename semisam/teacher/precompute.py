@@ -30,11 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from semisam import distributed
 from semisam.config.schema import RunConfig, trains_on_pseudo_labels
-from semisam.data.dataset import CaseLoader
+from semisam.data.cases import CaseLoader
 from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.teacher.cache import CacheStore, cache_root, expected_manifest
@@ -191,35 +193,75 @@ def precompute(
     if limit is not None:
         split = Split(*(getattr(split, name)[:limit] for name in ("labeled", "unlabeled", "val", "test")))
     root = cache_root(cfg)
-    identity = identity_of(teacher)
+    stores = _prepared_stores(cfg, root, identity_of(teacher), priors, rank)
+    keep = embedding_splits(cfg) if keep_embeddings_of is None else tuple(keep_embeddings_of)
+    cases = _case_order(split, splits, keep)[rank::world_size]
+    report = PrecomputeReport(root=root)
+    todo, report.skipped = _cases_to_compute(cases, stores, cfg.teacher.cache_embeddings, priors)
+    logger.info(
+        "teacher %s: %d cases to compute, %d already cached, in %s", teacher.spec.kind, len(todo), report.skipped, root
+    )
+    loader = CaseLoader(reader, cfg.data)
+    desc = f"precompute[{teacher.spec.kind}]" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
+    scored = {case for name in SCORED_SPLITS for case in getattr(split, name)}  # the only labels read here
+    previews = _compute_and_store(
+        teacher, loader, todo, stores, cfg, scored, report, desc=desc, progress=progress and rank == 0, main=rank == 0
+    )
+    return _final_report(report, cfg, root, previews)
+
+
+def _prepared_stores(cfg: RunConfig, root: Path, identity: dict, priors: bool, rank: int) -> dict[str, CacheStore]:
+    """The ``embeddings`` and ``priors`` stores under ``root``. Rank 0 prepares those this run writes (a store
+    made by another teacher or with other settings is wiped, the manifest written); every rank then waits at a
+    barrier, so no rank writes into a store before it is ready."""
     stores = {kind: CacheStore(root, kind) for kind in ("embeddings", "priors")}
-    keep_embeddings = cfg.teacher.cache_embeddings
     for kind, store in stores.items():
-        if (kind == "embeddings" and not keep_embeddings) or (kind == "priors" and not priors):
+        if (kind == "embeddings" and not cfg.teacher.cache_embeddings) or (kind == "priors" and not priors):
             continue
         if rank == 0:
             store.prepare(expected_manifest(cfg, kind, identity))
     distributed.barrier()  # the stores are ready (a stale one wiped) before any rank writes into them
+    return stores
 
-    keep = embedding_splits(cfg) if keep_embeddings_of is None else tuple(keep_embeddings_of)
-    cases = _case_order(split, splits, keep)[rank::world_size]
-    report = PrecomputeReport(root=root)
-    todo = []
+
+def _cases_to_compute(
+    cases: Sequence[tuple[str, bool]], stores: dict[str, CacheStore], keep_embeddings: bool, priors: bool
+) -> tuple[list[tuple[str, bool, bool, bool]], int]:
+    """``(todo, skipped)``: ``(case_id, keeps_embedding, need_emb, need_pri)`` for each case that lacks a file
+    this run writes, and the number of cases that lack none."""
+    todo, skipped = [], 0
     for case_id, keeps_embedding in cases:
         need_emb = keep_embeddings and keeps_embedding and not stores["embeddings"].has(case_id)
         need_pri = priors and not stores["priors"].has(case_id)
         if need_emb or need_pri:
             todo.append((case_id, keeps_embedding, need_emb, need_pri))
         else:
-            report.skipped += 1
-    logger.info(
-        "teacher %s: %d cases to compute, %d already cached, in %s", teacher.spec.kind, len(todo), report.skipped, root
-    )
-    loader = CaseLoader(reader, cfg.data)
+            skipped += 1
+    return todo, skipped
+
+
+def _compute_and_store(
+    teacher,
+    loader: CaseLoader,
+    todo: list[tuple[str, bool, bool, bool]],
+    stores: dict[str, CacheStore],
+    cfg: RunConfig,
+    scored: set[str],
+    report: PrecomputeReport,
+    desc: str,
+    progress: bool,
+    main: bool,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]]:
+    """Compute the ``todo`` cases (:func:`_compute_cases`) and store each one's embeddings and priors as it
+    finishes; ``report`` gets the cases, images, quality rows and seconds. ``desc``: the tqdm bar's
+    description, shown with ``progress``.
+
+    Returns:
+        on the ``main`` process, the preview rows (:func:`_preview_item`) of the first :data:`PREVIEW_IMAGES`
+        cases whose priors were computed; elsewhere none.
+    """
     tic = time.perf_counter()
-    desc = f"precompute[{teacher.spec.kind}]" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
-    bar = tqdm(total=len(todo), desc=desc, disable=not progress or rank != 0, unit="case")
-    scored = {case for name in SCORED_SPLITS for case in getattr(split, name)}  # the only labels read here
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="case")
     previews: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]] = []
     computed = _compute_cases(teacher, loader, todo, stores, cfg, scored)
     for case_id, need_emb, need_pri, embeddings, prior_maps_, quality in computed:
@@ -228,13 +270,25 @@ def precompute(
         if need_pri:
             stores["priors"].save(case_id, prior_maps_)
             report.quality.extend(quality)
-            if len(previews) < PREVIEW_IMAGES and rank == 0:
+            if len(previews) < PREVIEW_IMAGES and main:
                 previews.append(_preview_item(loader, case_id, prior_maps_, quality, scored))
         report.computed.append(case_id)
         report.images += len(embeddings) if embeddings.ndim == 4 else 1
         bar.update(1)
     bar.close()
     report.seconds = time.perf_counter() - tic
+    return previews
+
+
+def _final_report(
+    report: PrecomputeReport,
+    cfg: RunConfig,
+    root: Path,
+    previews: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]],
+) -> PrecomputeReport:
+    """This rank's report, or on rank 0 of a process group the ranks' merged one (every rank waits for the last
+    to finish); with quality rows, the summary is added and written with the previews, and empty priors warned
+    about."""
     if distributed.is_distributed():
         reports = distributed.gather_to_main(report)  # also a barrier: rank 0 waits for the last rank to finish
         distributed.barrier()  # the others return only once everything is cached too
@@ -448,12 +502,9 @@ def write_quality_report(
     )
     if not previews:
         return summary_path, None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(previews), 3, figsize=(9, 3 * len(previews)), squeeze=False)
+    fig = Figure(figsize=(9, 3 * len(previews)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(previews), 3, squeeze=False)
     for row, (image, priors, label, title) in zip(axes, previews, strict=True):
         shown = image[0] if image.shape[0] == 1 else np.clip(image[:3].transpose(1, 2, 0), 0, 1)
         row[0].imshow(shown, cmap="gray", vmin=0, vmax=1)
@@ -469,7 +520,6 @@ def write_quality_report(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
     preview_path = root / PREVIEW_NAME
     atomic_write_bytes(preview_path, buffer.getvalue())
     return summary_path, preview_path

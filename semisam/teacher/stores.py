@@ -48,23 +48,23 @@ def open_prior_store(cfg: RunConfig, case_ids: Sequence[str]) -> CacheStore:
     store = CacheStore(cache_root(cfg), "priors")
     command = f"{PRECOMPUTE_COMMAND} (cache: {store.dir})"
     store.check(expected_manifest(cfg, "priors", identity_from_config(cfg)), command)
-    missing = store.missing(list(case_ids))
-    if missing:
-        raise CacheError(
-            f"{store.dir} lacks prior maps for {len(missing)} of {len(case_ids)} cases (e.g. {missing[:3]}); "
-            f"complete it with: {command}"
-        )
-    return store
+    return _require_cases(store, case_ids, "prior maps for", f"complete it with: {command}")
 
 
 def open_embedding_store(cfg: RunConfig, teacher: SamTeacher, case_ids: Sequence[str]) -> CacheStore:
     """The image embeddings of ``case_ids`` that ``teacher`` decodes prompts on (pseudo-labels, refinement)."""
     store = CacheStore(cache_root(cfg), "embeddings")
     store.check(expected_manifest(cfg, "embeddings", identity_of(teacher)), PRECOMPUTE_COMMAND)
+    advice = f"the teacher decodes prompts on them. Make them with: {PRECOMPUTE_COMMAND}"
+    return _require_cases(store, case_ids, "embeddings of", advice)
+
+
+def _require_cases(store: CacheStore, case_ids: Sequence[str], what: str, advice: str) -> CacheStore:
+    """``store`` if it holds every case of ``case_ids``; else a :class:`CacheError` saying how many it lacks
+    (``what``: e.g. "prior maps for"), with examples, and ``advice``."""
     missing = store.missing(list(case_ids))
     if missing:
         raise CacheError(
-            f"{store.dir} lacks embeddings of {len(missing)} of {len(case_ids)} cases (e.g. {missing[:3]}); "
-            f"the teacher decodes prompts on them. Make them with: {PRECOMPUTE_COMMAND}"
+            f"{store.dir} lacks {what} {len(missing)} of {len(case_ids)} cases (e.g. {missing[:3]}); {advice}"
         )
     return store
