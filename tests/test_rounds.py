@@ -5,13 +5,14 @@ the bank of the selected images, resumption without recomputation, a finished ro
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from semisam.config.loader import load_config
-from semisam.config.schema import ConfigError, uses_rounds
+from semisam.config.schema import RELIABILITY_RULES, ConfigError, uses_rounds
 from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine import trainer as trainer_module
@@ -20,6 +21,7 @@ from semisam.methods import SemiSAMRound, build_method
 from semisam.pseudolabel import rounds as rounds_module
 from semisam.pseudolabel.analysis import reliability_report
 from semisam.pseudolabel.reliability import (
+    RULES,
     ImageReliability,
     decode_agreement,
     foreground_dice,
@@ -66,6 +68,15 @@ def test_foreground_dice_and_the_both_rule():
     assert math.isnan(ImageReliability(math.nan, 0.8).score("both"))
     with pytest.raises(ValueError, match="teacher \\| student \\| both"):
         rel.score("median")
+
+
+def test_every_configurable_selection_rule_is_a_function_and_scores_as_documented():
+    assert set(RULES) == set(RELIABILITY_RULES)
+    r = ImageReliability(teacher=0.8, student=0.6)
+    assert (r.score("teacher"), r.score("student"), r.score("both")) == (0.8, 0.6, 0.6)
+    assert math.isnan(ImageReliability(math.nan, 0.6).score("both"))
+    with pytest.raises(ValueError, match=re.escape("is not one of teacher | student | both")):
+        r.score("median")
 
 
 def test_selection_keeps_the_most_reliable_share_and_never_an_unscored_image():

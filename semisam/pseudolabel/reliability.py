@@ -20,7 +20,7 @@ the share to keep were chosen on held-back labels with ``tools/analyze_pseudo_la
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,16 +77,36 @@ class ImageReliability:
     student: float
 
     def score(self, rule: str) -> float:
-        """The image's reliability under ``rule`` (``teacher`` | ``student`` | ``both``); NaN when unknown."""
-        if rule == "teacher":
-            return self.teacher
-        if rule == "student":
-            return self.student
-        if rule == "both":
-            if math.isnan(self.teacher) or math.isnan(self.student):
-                return math.nan
-            return min(self.teacher, self.student)
-        raise ValueError(f"reliability rule {rule!r} is not teacher | student | both")
+        """The image's reliability under ``rule`` (a name of :data:`RULES`); NaN when unknown."""
+        if rule not in RULES:
+            raise ValueError(f"reliability rule {rule!r} is not one of {' | '.join(RULES)}")
+        return RULES[rule](self)
+
+
+def _teacher_rule(r: ImageReliability) -> float:
+    """The teacher's agreement with itself across the perturbed prompts."""
+    return r.teacher
+
+
+def _student_rule(r: ImageReliability) -> float:
+    """The teacher's agreement with the student whose prompts it answered."""
+    return r.student
+
+
+def _both_rule(r: ImageReliability) -> float:
+    """The lower of the two: an image is reliable when both agree (NaN when either is unknown)."""
+    if math.isnan(r.teacher) or math.isnan(r.student):
+        return math.nan
+    return min(r.teacher, r.student)
+
+
+# The selection rules (pseudo_labels.reliability): a new rule is a function here and its name in
+# semisam.config.schema.RELIABILITY_RULES (a test checks that the two agree).
+RULES: dict[str, Callable[[ImageReliability], float]] = {
+    "teacher": _teacher_rule,
+    "student": _student_rule,
+    "both": _both_rule,
+}
 
 
 def image_reliability(teacher_agreement: float, teacher_label: np.ndarray, model_probs: np.ndarray) -> ImageReliability:
