@@ -7,7 +7,8 @@ Two implementations, chosen by what the teacher can be prompted with:
   embedding instead of running the encoder again.
 - :func:`everything_box_grid` (box-only teachers: LiteMedSAM, whose point-grid everything mode returns nothing):
   a multi-scale grid of square box prompts; the masks filtered by rules chosen for a box-only model's scores
-  (measured on real images: see ``EverythingConfig``) with segment-anything's amg utilities, and de-duplicated
+  (chosen from a box-only model's score distributions on real images: docs/RESULTS.md) with segment-anything's
+  amg utilities, and de-duplicated
   by mask IoU.
 
 Both return :class:`~semisam.teacher.priors.MaskRecord` lists at the original image size, the input of
@@ -198,10 +199,9 @@ def everything_box_grid(
 
     A box prompt asks "what object is in this box?", so the grid (see :func:`box_grid`: ``cfg.box_scales`` of the
     longest side, ``cfg.box_overlap``) finds objects whose extent is roughly one of those box sizes and which
-    some box frames well. A box-only model answers every box with a mask (LiteMedSAM measured on Kvasir-SEG and
-    ACDC: a non-empty blob inside every box), and its scores are not on segment-anything's scale (predicted IoU
-    above 0.5 for 99 % of the boxes, stability score never reaching 0.95), so the automatic generator's absolute
-    thresholds keep nothing. The rules, in order, with segment-anything's amg utilities:
+    some box frames well. A box-only model answers every box with a mask, and its scores are not on
+    segment-anything's scale, so the automatic generator's absolute thresholds keep nothing (LiteMedSAM's score
+    distributions on real images: docs/RESULTS.md). The rules, in order, with segment-anything's amg utilities:
 
     1. predicted IoU ``> cfg.box_pred_iou_thresh`` and stability score (``calculate_stability_score`` at the
        model's mask threshold 0.0, offset 1.0) ``>= cfg.box_stability_score_thresh``, each skipped when 0;

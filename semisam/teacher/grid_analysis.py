@@ -1,6 +1,6 @@
 """The box grid of a box-only teacher, box by box: what each grid box's mask covers, scored against the labels.
 
-For choosing the everything mode's rules on real data and for saying why its priors help or not (issue 12); and,
+For choosing the everything mode's rules on real data and for saying why its priors help or not; and,
 with one box around each labeled structure instead of the grid, what the teacher returns for the best prompt a
 student could give (its ceiling per structure, e.g. ACDC's myocardium box returns the LV cavity).
 Every box of the grid (:func:`~semisam.teacher.everything.box_grid`) is decoded on an image's cached embedding and

@@ -17,8 +17,8 @@ cache manifests). The engine (:class:`~semisam.teacher.engine.SamTeacher`) takes
 - ``litemedsam``: ``resize-longest-256+minmax+pad`` (MedSAM's ``CVPR24_LiteMedSAM_infer.py``: longest side to
   256, min-max to [0, 1] over the resized image, zero padding to 256x256); ``pixel_mean=0, pixel_std=255``.
 
-Prompts: LiteMedSAM and MedSAM were trained with box prompts only (LiteMedSAM measured here: one-point prompts give
-Dice 0.02), so they are box-only; the SAM kinds take boxes, points and masks.
+Prompts: LiteMedSAM and MedSAM were trained with box prompts only, so they are box-only (a point prompt gives no
+usable mask: docs/RESULTS.md); the SAM kinds take boxes, points and masks.
 """
 
 from __future__ import annotations
