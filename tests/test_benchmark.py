@@ -286,7 +286,7 @@ def test_a_scored_run_is_compared_on_what_it_uses(tmp_path):
 def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch):
     """Priors of the unlabeled pool only for a run that trains on the pool with priors; pool embeddings for a
     pseudo-label run without them (an embeddings-only pass)."""
-    import semisam.teacher.engine as engine
+    import semisam.benchmark.runner as runner_module
     import semisam.teacher.precompute as pc
 
     calls, pools = [], []
@@ -296,8 +296,8 @@ def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch
         pools.append(cfg.data.split.unlabeled_count)
         return pc.PrecomputeReport(root=tmp_path, computed=list(splits), images=len(splits), seconds=1.0)
 
-    monkeypatch.setattr(pc, "precompute", fake_precompute)
-    monkeypatch.setattr(engine, "build_teacher", lambda cfg: object())
+    monkeypatch.setattr(runner_module, "precompute", fake_precompute)
+    monkeypatch.setattr(runner_module, "build_teacher", lambda cfg: object())
 
     def teacher_pass(names):
         calls.clear()
