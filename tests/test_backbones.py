@@ -91,7 +91,7 @@ def test_registry_matches_the_schema_and_each_method_declares_its_views():
     for name in ("semisam_rounds", "semisam_online"):
         assert isinstance(build_method(_cfg(f"method.name={name}", "method.backbone=unimatch")), UniMatch)
         assert isinstance(build_method(_cfg(f"method.name={name}", "method.backbone=bcp")), BCP)
-    assert isinstance(build_method(_cfg("method.name=semisam_rounds")), SemiSAM)  # auto: the mean teacher
+    assert isinstance(build_method(_cfg("method.name=semisam_online")), SemiSAM)  # auto: the mean teacher
     assert isinstance(build_method(_cfg("method.name=semisam_rounds")), SemiSAMRound)  # auto: supervised
     assert isinstance(build_method(_cfg("method.name=semisam_rounds", "method.backbone=supervised")), SemiSAMRound)
 

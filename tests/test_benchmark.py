@@ -157,7 +157,9 @@ def phantom_protocol(tmp_path, phantom_root):
             f"defaults: [{REPO / 'configs' / 'demo.yaml'}]\nmethod: {{name: {method}}}\n"
         )
     (configs / "benchmark" / "tiny.yaml").write_text("pseudo_labels: {calibration_images: 2, min_model_dice: 0.0}\n")
-    overrides = [o for o in tiny_overrides(phantom_root, tmp_path / "unused") if not o.startswith("output_dir")]
+    overrides = [
+        o for o in tiny_overrides(phantom_root, tmp_path / "unused") if not o.startswith(("output_dir", "method.name"))
+    ]  # each protocol config names its method
     protocol = Protocol("phantom-6", "phantom", "6", "phantom, 6 labeled")
     return configs, protocol, Scale("tiny", {"phantom": "tiny.yaml"}), overrides
 
