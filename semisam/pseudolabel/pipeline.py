@@ -161,7 +161,9 @@ def calibrate_then_label(
     cfg = labeler.cfg
     rule = rule or CalibrationRule.for_pseudo_labels(cfg)
     gate = cfg.pseudo_labels.min_model_dice if min_model_dice is None else min_model_dice
-    outcome = calibrate(labeler, model, calibration, trusted, seed, rule)
+    # calibrate only when its outcome is used: to decide trust, or for the gate
+    needed = rule.decide or gate > 0
+    outcome = calibrate(labeler, model, calibration if needed else [], trusted, seed, rule)
     if not outcome.passes(gate):
         return Labeling(outcome)
     results, stats = labeler.label(model, items, outcome.trusted, seed + 1, batch_size=batch_size)
