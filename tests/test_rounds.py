@@ -33,6 +33,7 @@ from semisam.pseudolabel.rounds import RoundData
 from semisam.student.checkpoint import load_checkpoint
 from semisam.teacher import precompute as pc
 from semisam.teacher import stores
+from semisam.workflow import rounds as workflow_rounds
 from semisam.workflow.rounds import round_config
 from semisam.workflow.train import train
 
@@ -210,6 +211,32 @@ def test_rounds_run_end_to_end_without_touching_unlabeled_labels(phantom_root, t
     other = _cfg(phantom_root, tmp_path, "other", "seed=5", round0)
     with pytest.raises(ConfigError, match="another config than this run's round 0.*seed"):
         train(other, progress=False, teacher=tiny_teacher)
+
+
+def test_an_interrupted_round_keeps_the_seconds_of_the_stages_it_finished(
+    phantom_root, tmp_path, tiny_teacher, monkeypatch
+):
+    cfg = _cfg(phantom_root, tmp_path, "cut", "schedule.iterations=3")
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "val"], priors=False, progress=False)
+    real_fit = workflow_rounds.Trainer.fit
+
+    def fit_until_round_1(self):
+        if self.cfg.output_dir.endswith("round_1"):
+            raise KeyboardInterrupt  # stopped after round 1's labeling, before its training
+        return real_fit(self)
+
+    monkeypatch.setattr(workflow_rounds.Trainer, "fit", fit_until_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, teacher=tiny_teacher)
+    cut = json.loads((tmp_path / "cut" / "rounds.json").read_text())
+    assert cut["round_0_train_s"] > 0 and cut["round_1_label_s"] > 0
+
+    monkeypatch.undo()
+    train(cfg, progress=False, teacher=tiny_teacher)  # resumed: labeling read back, round 1 trained here
+    timings = json.loads((tmp_path / "cut" / "rounds.json").read_text())
+    assert timings["round_0_train_s"] == cut["round_0_train_s"]
+    assert timings["round_1_label_s"] == cut["round_1_label_s"]
+    assert timings["round_1_train_s"] > 0
 
 
 def _forbidden(*args, **kwargs):

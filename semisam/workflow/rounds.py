@@ -120,7 +120,6 @@ class SelfTraining:
         for index in range(1, self.cfg.pseudo_labels.rounds + 1):
             result = self._round(index, checkpoint)
             checkpoint = result.checkpoint
-            self._write_timings()
         return self._finish(result)
 
     def _round_zero(self) -> Path:
@@ -173,10 +172,15 @@ class SelfTraining:
         )
 
     def _time(self, key: str, fresh: bool, tic: float) -> None:
+        """Record the seconds of stage ``key`` and write them at once, so an interrupted run keeps the stages it
+        finished (a stage resumed later reads them back instead of recording None)."""
         self.timings[key] = time.perf_counter() - tic if fresh else self.recorded.get(key)
+        self._write_timings()
 
     def _write_timings(self) -> None:
-        atomic_write_text(self.run_dir / "rounds.json", json.dumps(self.timings, indent=2))
+        """Write what was recorded before this process over what it measured: stages of this run not reached yet
+        keep their earlier figures."""
+        atomic_write_text(self.run_dir / "rounds.json", json.dumps({**self.recorded, **self.timings}, indent=2))
 
 
 def _has_started(cfg: RunConfig) -> bool:
