@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -43,8 +44,37 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def cpu_info() -> dict:
+    """The CPU a run computed on: its model name, logical cores, the SIMD level PyTorch dispatches to
+    (``AVX2``, ``AVX512``, ...) and whether it has bf16 in hardware (AVX-512 BF16, AMX tiles). Results move with
+    these: the teacher runs in bf16 on a CPU with native bf16 and in fp32 elsewhere (``teacher.precision=auto``)."""
+    import torch
+
+    model = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "amx_tile": bool(torch.cpu._is_amx_tile_supported()),
+    }
+
+
+def describe_machine(info: dict) -> str:
+    """One line naming the machine of ``info`` (an :func:`environment_info`): the GPU if there is one, and the CPU."""
+    cpu = info.get("cpu") or {}
+    bf16 = "native bf16" if cpu.get("avx512_bf16") or cpu.get("amx_tile") else "no native bf16"
+    host = f"CPU {cpu.get('model') or '?'}, {cpu.get('cores')} cores, {cpu.get('capability')}, {bf16}"
+    return f"{info['cuda_device']}; {host}" if info.get("cuda_device") else host
+
+
 def environment_info() -> dict:
-    """Package versions, Python, platform, CUDA device and git commit."""
+    """Package versions, Python, platform, CPU (:func:`cpu_info`), CUDA device and git commit."""
     import torch
 
     versions = {}
@@ -58,6 +88,7 @@ def environment_info() -> dict:
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_info(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": versions,
     }

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from semisam.benchmark.protocols import (
@@ -192,14 +193,23 @@ def test_benchmark_runs_methods_once_and_is_resumable(tmp_path, phantom_protocol
     table = (out / "results.md").read_text()
     assert "| supervised | 2 |" in table and "| semisam_pl | 2 |" in table
     assert "Dice with last.pt" in table and "scoring the checkpoint with the best val Dice" in table
+    # the machine and the teacher's dtype are written beside the figures: results move with them
+    assert torch.backends.cpu.get_cpu_capability() in results["machine"]
+    assert results["teacher_dtype"] == tiny_teacher.manifest()["dtype"]
+    assert f"teacher computed in: {results['teacher_dtype']}" in table
+    assert all(r["machine"] == results["machine"] for r in results["runs"])
 
-    # started again: nothing is trained or computed again, the table is the same
+    # started again: nothing is trained or computed again, the table is the same; a run trained on another
+    # machine is named in the header
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    record = out / "supervised" / "seed1" / "benchmark_run.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "machine": "CPU Elsewhere, 64 cores"}))
     again = BenchmarkRunner(protocol, scale, methods, [0, 1], out, overrides, False, configs, tiny_teacher).run("test")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == stamps
     assert again["teacher_cache"]["computed_cases"] == 0
     assert again["table"] == results["table"]
     assert all(r["git_commit"] == results["git_commit"] for r in again["runs"])
+    assert "(runs trained on CPU Elsewhere, 64 cores)" in (out / "results.md").read_text()
 
     # a scored run is not reused under another config: its result would be another experiment's
     changed = [*overrides, "method.dice_weight=0.7"]

@@ -45,7 +45,7 @@ from semisam.pseudolabel.refine import evaluate_refined
 from semisam.teacher.engine import build_teacher
 from semisam.teacher.precompute import precompute
 from semisam.utils import atomic_write_text
-from semisam.version import environment_info
+from semisam.version import describe_machine, environment_info
 from semisam.workflow.rounds import round0_ignored_keys, round_config
 from semisam.workflow.train import train
 
@@ -67,6 +67,7 @@ class RunRecord:
     refresh_seconds: float | None = None
     best_iteration: int | None = None
     git_commit: str | None = None  # the code that trained it (None in records written before it was kept)
+    machine: str | None = None  # the machine that trained it, :func:`describe_machine` (None in older records)
     checkpoint: str = "best"  # which checkpoint ``summary`` scores (records before eval.checkpoint: best)
     other_dice: float | None = None  # test foreground Dice of the other checkpoint (last <-> best)
     refined: dict | None = None  # the test-time refined evaluation's summary.json (with --refine)
@@ -417,6 +418,7 @@ class BenchmarkRunner:
                 stages["round_0_train_s"] = saved.get("train_seconds")
             resumed = any(v is None for v in stages.values())
             train_seconds = sum(v for v in stages.values() if v is not None)
+        env = environment_info()
         record = RunRecord(
             method=method.name,
             seed=seed,
@@ -426,7 +428,8 @@ class BenchmarkRunner:
             eval_seconds=time.perf_counter() - tic,
             refresh_seconds=refresh_seconds(run_dir),
             best_iteration=result.best_iteration,
-            git_commit=environment_info()["git_commit"],
+            git_commit=env["git_commit"],
+            machine=describe_machine(env),
             checkpoint=result.selected,
             other_dice=other_summary["foreground_mean"]["dice"],
         )
@@ -500,7 +503,8 @@ class BenchmarkRunner:
             "distance_units": units,
             "command": command,
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": env["cuda_device"] or f"CPU ({env['platform']})",
+            "machine": describe_machine(env),
+            "teacher_dtype": self.teacher.manifest()["dtype"] if self.teacher is not None else None,
             "git_commit": env["git_commit"],
             "teacher_cache": self.precompute_report,
             "table": table,
@@ -509,6 +513,8 @@ class BenchmarkRunner:
         atomic_write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         trained_by = sorted({r.git_commit for r in records if r.git_commit} - {env["git_commit"]})
         commits = results["git_commit"] + (f" (runs read back from {', '.join(trained_by)})" if trained_by else "")
+        other_machines = sorted({r.machine for r in records if r.machine} - {results["machine"]})
+        machines = results["machine"] + (f" (runs trained on {'; '.join(other_machines)})" if other_machines else "")
         scored = sorted({r.checkpoint for r in records}) or ["?"]
         which = {"last": "the last checkpoint", "best": "the checkpoint with the best val Dice"}
         header = (
@@ -516,7 +522,8 @@ class BenchmarkRunner:
             f"{self.protocol.description}; {self.scale.description}. Test split ({results['num_cases']} cases), "
             f"scoring {' / '.join(which.get(c, c) for c in scored)}; mean ± sample std over seeds. "
             f"Distances in {units}.\n\n"
-            f"- command: `{command}`\n- machine: {results['machine']}\n- commit: {commits}\n"
+            f"- command: `{command}`\n- machine: {machines}\n"
+            f"- teacher computed in: {results['teacher_dtype'] or 'not used'}\n- commit: {commits}\n"
             f"- date: {results['date']}\n\n"
         )
         atomic_write_text(self.out_dir / "results.md", header + format_table(table, units))
