@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -24,8 +25,12 @@ _PACKAGES = (
 )
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the semisam checkout (with ``+dirty`` if it has local changes), or None outside git."""
+    """The commit of the semisam checkout (with ``+dirty`` if it has local changes), or None outside git.
+
+    Read once per process, at the first call: a long job (a benchmark) keeps naming the code it loaded, not a
+    commit made in the checkout while it ran."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
