@@ -137,36 +137,12 @@ def prompts_from_probabilities(
             ``cfg.min_area`` / ``cfg.box_margin`` / ``cfg.negative_points``.
     """
     probs = check_class_probabilities(probs)
-    num_classes = probs.shape[0]
-    if cfg.components not in ("largest", "all"):
-        raise ValueError(f"pseudo_labels.components={cfg.components!r} must be 'largest' or 'all'")
-    if cfg.min_area < 0 or cfg.box_margin < 0 or cfg.negative_points < 0:
-        raise ValueError("pseudo_labels.min_area, box_margin and negative_points must be >= 0")
-    if classes is None:
-        wanted = list(range(1, num_classes))
-    else:
-        wanted = sorted({int(k) for k in classes})
-        bad = [k for k in wanted if not 1 <= k < num_classes]
-        if bad:
-            raise ValueError(f"classes {bad} are not foreground classes of a K={num_classes} prediction (1..K-1)")
-
+    wanted = _prompted_classes(cfg, classes, probs.shape[0])
     argmax = probs.argmax(axis=0)
     prompts: list[ClassPrompt] = []
     for k in wanted:
         region = argmax == k
-        if not region.any():
-            continue
-        labels, count = ndimage.label(region, structure=_EIGHT_CONNECTED)
-        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        # Stable sort: by decreasing area, ties in row-major order of the components (= label order).
-        order = np.argsort(-areas, kind="stable")
-        if cfg.components == "largest":
-            order = order[:1]
-        smallest = max(cfg.min_area, cfg.min_area_fraction * region.size)  # pixels, at this image's size
-        for index in order:
-            if areas[index] < smallest:
-                continue
-            component = labels == index + 1
+        for component in _kept_components(region, cfg):
             box = component_box(component, cfg.box_margin)
             negatives = None
             if cfg.negative_points > 0:
@@ -175,6 +151,37 @@ def prompts_from_probabilities(
                     logger.debug("class %d covers the whole image: no background for negative points", k)
             prompts.append(ClassPrompt(k, box, component, distance_peak(component), negatives))
     return prompts
+
+
+def _prompted_classes(cfg: PseudoLabelConfig, classes: Sequence[int] | None, num_classes: int) -> list[int]:
+    """The sorted foreground classes to prompt, after checking the prompt settings of ``cfg`` (see
+    :func:`prompts_from_probabilities` for what is refused)."""
+    if cfg.components not in ("largest", "all"):
+        raise ValueError(f"pseudo_labels.components={cfg.components!r} must be 'largest' or 'all'")
+    if cfg.min_area < 0 or cfg.box_margin < 0 or cfg.negative_points < 0:
+        raise ValueError("pseudo_labels.min_area, box_margin and negative_points must be >= 0")
+    if classes is None:
+        return list(range(1, num_classes))
+    wanted = sorted({int(k) for k in classes})
+    bad = [k for k in wanted if not 1 <= k < num_classes]
+    if bad:
+        raise ValueError(f"classes {bad} are not foreground classes of a K={num_classes} prediction (1..K-1)")
+    return wanted
+
+
+def _kept_components(region: np.ndarray, cfg: PseudoLabelConfig) -> list[np.ndarray]:
+    """The 8-connected components of bool ``(H, W)`` ``region`` that get a prompt, as bool ``(H, W)`` masks, by
+    decreasing area (ties: row-major order of the components): the largest or all (``cfg.components``), each of at
+    least ``max(cfg.min_area, cfg.min_area_fraction * H * W)`` pixels."""
+    if not region.any():
+        return []
+    labels, count = ndimage.label(region, structure=_EIGHT_CONNECTED)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    order = np.argsort(-areas, kind="stable")  # stable: ties keep the label (row-major) order
+    if cfg.components == "largest":
+        order = order[:1]
+    smallest = max(cfg.min_area, cfg.min_area_fraction * region.size)  # pixels, at this image's size
+    return [labels == index + 1 for index in order if areas[index] >= smallest]
 
 
 def distance_peak(component: np.ndarray) -> np.ndarray:
