@@ -295,6 +295,32 @@ def test_a_scored_run_is_compared_on_what_it_uses(tmp_path):
         BenchmarkRunner._check_scored_config(cfg, run_dir)
 
 
+def test_a_scored_rounds_run_is_found_again_under_another_spelling_of_the_folder(tmp_path):
+    """The round-0 checkpoint the benchmark wrote under a relative ``--out`` (or a folder since moved) names the
+    same run as the absolute path of today's call; another seed's checkpoint does not."""
+    from semisam.config.loader import config_to_dict
+
+    methods = [VARIANTS["unimatch"], VARIANTS["semisam_unimatch"]]
+    runner = BenchmarkRunner(get_protocol("kvasir-5"), get_scale("cpu"), methods, [0], tmp_path, progress=False)
+    cfg = runner.configs[("semisam_unimatch", 0)]
+    run_dir = tmp_path / "semisam_unimatch" / "seed0"
+    run_dir.mkdir(parents=True)
+    saved = config_to_dict(cfg)
+    for written, accepted in [
+        ("runs/benchmark/kvasir-5_cpu/unimatch/seed0/checkpoints/best.pt", True),
+        ("/elsewhere/kvasir-5_cpu/unimatch/seed0/checkpoints/best.pt", True),
+        ("runs/benchmark/kvasir-5_cpu/unimatch/seed1/checkpoints/best.pt", False),
+        ("runs/benchmark/kvasir-5_cpu/unimatch/seed0/checkpoints/last.pt", False),
+    ]:
+        saved["pseudo_labels"]["round0_checkpoint"] = written
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(saved)))
+        if accepted:
+            BenchmarkRunner._check_scored_config(cfg, run_dir)
+        else:
+            with pytest.raises(ConfigError, match="round0_checkpoint"):
+                BenchmarkRunner._check_scored_config(cfg, run_dir)
+
+
 def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch):
     """Priors of the unlabeled pool only for a run that trains on the pool with priors; pool embeddings for a
     pseudo-label run without them (an embeddings-only pass)."""

@@ -259,6 +259,23 @@ def save_results_figure(path: Path, table: dict, title: str) -> None:
     save_figure(fig, path)
 
 
+def _respell_round0(saved: dict, cfg: RunConfig, out_dir: Path) -> None:
+    """Give ``saved`` (a scored run's config, as a dict) the current spelling of its round-0 checkpoint when both
+    name the same run of this benchmark folder ``out_dir``: the benchmark sets that path itself, under ``--out``, so
+    a relative ``--out``, another spelling of it or a moved folder changes the text and not the run. A checkpoint
+    of another run (or another seed) still differs."""
+    current = cfg.pseudo_labels.round0_checkpoint
+    written = (saved.get("pseudo_labels") or {}).get("round0_checkpoint")
+    if not current or not written or current == written:
+        return
+    try:
+        below = Path(current).relative_to(out_dir).parts  # <provider>/seed<s>/checkpoints/<name>.pt
+    except ValueError:
+        return  # not a run of this folder: given by the user, compared as written
+    if Path(written).parts[-len(below) :] == below:
+        saved["pseudo_labels"]["round0_checkpoint"] = current
+
+
 class BenchmarkRunner:
     """Runs one protocol at one scale for the given methods and seeds (see the module docstring for the layout).
 
@@ -467,6 +484,7 @@ class BenchmarkRunner:
         if not saved_path.exists():
             raise ConfigError(f"{run_dir} is scored but has no config.yaml, so its settings cannot be checked")
         saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+        _respell_round0(saved, cfg, run_dir.parent.parent)  # type: ignore[arg-type]
         ignored = [*RESUMABLE_DIFFERENCES, *unused_keys(cfg)]  # e.g. the teacher's settings for a supervised run
         differing = config_differences(cfg, saved, ignored)  # type: ignore[arg-type]
         if differing:
