@@ -45,9 +45,10 @@ def main() -> None:
         [image for image, _, _ in shown],
         [ref for _, _, ref in shown],
         [r.rectified.label * (r.rectified.weight > 0) for _, r, _ in shown],
-        [f"example {i + 1}: right = pseudo-label (ignored as background)" for i in range(len(shown))],
+        [f"pool image {i + 1}" for i in range(len(shown))],
         cfg.data.num_classes,
         class_names=cfg.data.class_names or None,
+        columns=("held-back label", "pseudo-label (ignored: unmarked)"),
     )
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, dict)}, indent=2))
     print(f"wrote {out}")
