@@ -15,8 +15,8 @@ $(STAMP): setup.py pyproject.toml
 install: $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check semisam tools tests
-	$(VENV)/bin/ruff format --check semisam tools tests
+	$(VENV)/bin/ruff check semisam tools tests setup.py
+	$(VENV)/bin/ruff format --check semisam tools tests setup.py
 
 format: install
 	$(VENV)/bin/ruff format semisam tools tests

@@ -1,12 +1,14 @@
 """semisam: semi-supervised medical image segmentation with a frozen Segment Anything teacher."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="semisam",
     version="0.1.0",
     description="Semi-supervised medical image segmentation: a U-Net student taught by a frozen SAM teacher",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
