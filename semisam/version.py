@@ -49,9 +49,17 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX tiles): there CPU autocast in bf16 speeds the
+    teacher's encoder up; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def cpu_info() -> dict:
     """The CPU a run computed on: its model name, logical cores, the SIMD level PyTorch dispatches to
-    (``AVX2``, ``AVX512``, ...) and whether it has bf16 in hardware (AVX-512 BF16, AMX tiles). Results move with
+    (``AVX2``, ``AVX512``, ...) and whether it has bf16 in hardware (:func:`cpu_has_native_bf16`). Results move with
     these: the teacher runs in bf16 on a CPU with native bf16 and in fp32 elsewhere (``teacher.precision=auto``)."""
     import torch
 
@@ -65,15 +73,14 @@ def cpu_info() -> dict:
         "model": model,
         "cores": os.cpu_count(),
         "capability": torch.backends.cpu.get_cpu_capability(),
-        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
-        "amx_tile": bool(torch.cpu._is_amx_tile_supported()),
+        "native_bf16": cpu_has_native_bf16(),
     }
 
 
 def describe_machine(info: dict) -> str:
     """One line naming the machine of ``info`` (an :func:`environment_info`): the GPU if there is one, and the CPU."""
     cpu = info.get("cpu") or {}
-    bf16 = "native bf16" if cpu.get("avx512_bf16") or cpu.get("amx_tile") else "no native bf16"
+    bf16 = "native bf16" if cpu.get("native_bf16") else "no native bf16"
     host = f"CPU {cpu.get('model') or '?'}, {cpu.get('cores')} cores, {cpu.get('capability')}, {bf16}"
     return f"{info['cuda_device']}; {host}" if info.get("cuda_device") else host
 

@@ -29,6 +29,7 @@ def test_the_machine_line_names_the_cpu_and_whether_it_has_native_bf16():
     assert cpu["capability"] == torch.backends.cpu.get_cpu_capability() and cpu["cores"] >= 1
     line = version.describe_machine(info)
     assert cpu["capability"] in line and f"{cpu['cores']} cores" in line
-    assert ("no native bf16" in line) == (not (cpu["avx512_bf16"] or cpu["amx_tile"]))
+    assert ("no native bf16" in line) == (not cpu["native_bf16"])
+    assert cpu["native_bf16"] == version.cpu_has_native_bf16()  # the one rule the teacher's precision follows
     gpu = version.describe_machine({**info, "cuda_device": "NVIDIA H200"})
     assert gpu.startswith("NVIDIA H200; CPU ")

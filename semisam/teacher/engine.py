@@ -44,6 +44,7 @@ from semisam.teacher.models import (
     get_spec,
 )
 from semisam.utils import resolve_device
+from semisam.version import cpu_has_native_bf16
 
 logger = logging.getLogger("semisam")
 
@@ -81,12 +82,6 @@ class _Prompts:
     coords: torch.Tensor | None
     labels: torch.Tensor | None
     counts: list[int]
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX tiles): there CPU autocast in bf16 speeds the
-    teacher's encoder up; elsewhere oneDNN emulates bf16 and it is slower than fp32."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
