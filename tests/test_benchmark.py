@@ -122,7 +122,14 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam_unimatch": "semisam_rounds",
         "semisam_bcp": "semisam_rounds",
         "semisam": "semisam_rounds",
+        "supervised_feat": "supervised",
+        "unimatch_feat": "unimatch",
+        "semisam_feat": "semisam_rounds",
+        "semisam_unimatch_feat": "semisam_rounds",
     }
+    for name in ("supervised_feat", "unimatch_feat", "semisam_feat", "semisam_unimatch_feat"):
+        assert cfgs[name].priors.enabled and cfgs[name].priors.source == "embeddings"
+    assert cfgs["supervised_priors"].priors.source == "everything"
     fixmatch = cfgs["fixmatch"].method.unimatch  # FixMatch is a switch of UniMatch, not a copy
     assert fixmatch.strong_views == 1 and not fixmatch.feature_perturbation
     assert cfgs["unimatch"].method.unimatch.strong_views == 2 and cfgs["unimatch"].method.unimatch.feature_perturbation

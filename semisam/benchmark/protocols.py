@@ -74,6 +74,8 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
+EMBEDDING_PRIORS = ("priors.enabled=true", "priors.source=embeddings")  # the teacher's image embedding as input
+
 VARIANTS: dict[str, MethodVariant] = {
     m.name: m
     for m in (
@@ -156,6 +158,30 @@ VARIANTS: dict[str, MethodVariant] = {
             "self-training rounds on BCP: round 0 is BCP, round 1 BCP with the teacher's labels on the selected images",
         ),
         MethodVariant("semisam", "semisam", description="semisam as configs/method/semisam.yaml sets it (the default)"),
+        MethodVariant(
+            "supervised_feat",
+            "supervised",
+            EMBEDDING_PRIORS,
+            "labeled images only, the teacher's image embedding (PCA components, learned projection) as input",
+        ),
+        MethodVariant(
+            "unimatch_feat",
+            "unimatch",
+            EMBEDDING_PRIORS,
+            "UniMatch with the teacher's image embedding as input",
+        ),
+        MethodVariant(
+            "semisam_feat",
+            "semisam",
+            ("method.name=semisam_rounds", *EMBEDDING_PRIORS),
+            "self-training rounds on supervised_feat: the teacher's embedding as input and its pseudo-labels",
+        ),
+        MethodVariant(
+            "semisam_unimatch_feat",
+            "semisam",
+            ("method.name=semisam_rounds", "method.backbone=unimatch", *EMBEDDING_PRIORS),
+            "self-training rounds on unimatch_feat",
+        ),
     )
 }
 

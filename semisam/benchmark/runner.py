@@ -368,10 +368,10 @@ class BenchmarkRunner:
         # the whole pool while others take the scale's reduced one).
         passes: list[tuple[RunConfig, tuple[str, ...], bool]] = []
         pool_priors = any(c.priors.enabled and c.method.name != "supervised" for c in cfgs)
-        if need_priors:
-            passes.append(
-                (cfg, ("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test"), True)
-            )
+        if need_priors:  # one pass per prior source (SAMAug's maps, the embedding priors) the methods take
+            prior_splits = ("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test")
+            by_source = {c.priors.source: c for c in reversed(cfgs) if c.priors.enabled}  # the first of each
+            passes += [(c, prior_splits, True) for c in by_source.values()]
         if pseudo:
             widest = max((c for c in cfgs if trains_on_pseudo_labels(c)), key=_pool_size)
             if not pool_priors or _pool_size(widest) > _pool_size(cfg):

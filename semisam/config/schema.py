@@ -38,6 +38,8 @@ EVAL_METRICS = ("dice", "iou", "hd95", "asd")
 TEACHER_KINDS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
 TEACHER_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRIOR_FUSIONS = ("concat", "add", "none")
+PRIOR_SOURCES = ("everything", "embeddings")
+EMBEDDING_DIM = 256  # channels of every supported SAM kind's image embedding
 COMPONENT_RULES = ("largest", "all")
 UNCERTAINTY_KINDS = ("entropy", "variance")
 TRUST_MODES = ("calibrate", "all", "none")
@@ -338,14 +340,28 @@ class TeacherConfig:
 
 @dataclass
 class PriorsConfig:
-    """SAMAug prior maps as student input: ``concat`` adds 2 channels (segmentation, boundary) to the image,
-    ``add`` adds them to the G and B channels of an RGB(-ised) image as SAMAug does, ``none`` leaves them out.
-    ``alternate``: SAMAug's trick of alternating steps on raw and augmented inputs, keeping the more confident
-    of the two predictions at test time."""
+    """Teacher-derived maps as student input, computed offline by ``tools/precompute.py`` (label-free: labeled,
+    unlabeled, val and test images get the same kind of input).
+
+    ``source``:
+
+    - ``everything``: SAMAug's two maps from the teacher's "segment everything" masks (segmentation, boundary).
+      ``fusion``: ``concat`` adds the 2 channels to the image, ``add`` adds them to the G and B channels of an
+      RGB(-ised) image as SAMAug does, ``none`` leaves them out. ``alternate``: SAMAug's trick of alternating
+      steps on raw and augmented inputs, keeping the more confident of the two predictions at test time.
+    - ``embeddings``: the frozen teacher's image embedding (256 x 64 x 64 for LiteMedSAM), reduced by a fixed PCA
+      fitted on the training images (labeled + unlabeled, never val or test) to ``embedding_channels`` whitened
+      components, cropped to the image's extent and resized with it; inside the student a learned 1x1 convolution
+      (+ GroupNorm + GELU) projects them to ``projection_channels`` that join the image channels (``fusion``
+      must be ``concat``).
+    """
 
     enabled: bool = False
+    source: str = "everything"
     fusion: str = "concat"
     alternate: bool = False
+    embedding_channels: int = 32
+    projection_channels: int = 16
 
 
 @dataclass
@@ -686,6 +702,19 @@ def _validate_priors(cfg: RunConfig) -> None:
     """``priors``: the fusion and what it needs of the image."""
     d = cfg.data
     _choice("priors.fusion", cfg.priors.fusion, PRIOR_FUSIONS)
+    _choice("priors.source", cfg.priors.source, PRIOR_SOURCES)
+    if not 1 <= cfg.priors.embedding_channels <= EMBEDDING_DIM:
+        raise ConfigError(f"priors.embedding_channels={cfg.priors.embedding_channels} must be in 1..{EMBEDDING_DIM}")
+    _positive("priors.projection_channels", cfg.priors.projection_channels)
+    if cfg.priors.enabled and cfg.priors.source == "embeddings" and cfg.priors.fusion != "concat":
+        raise ConfigError(
+            f"priors.source=embeddings is fused by the student's learned projection: priors.fusion must be concat, "
+            f"got {cfg.priors.fusion!r}"
+        )
+    if cfg.priors.enabled and cfg.priors.source == "embeddings" and cfg.priors.alternate:
+        raise ConfigError(
+            "priors.alternate is SAMAug's alternation for its everything maps, not for priors.source=embeddings"
+        )
     if cfg.priors.enabled and cfg.priors.fusion == "add" and d.in_channels not in (1, 3):
         raise ConfigError(f"priors.fusion=add needs a 1- or 3-channel image, data.in_channels={d.in_channels}")
 

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from semisam.config.schema import DataConfig
+from semisam.data.fusion import align_priors
 from semisam.data.readers import CaseReader
 from semisam.data.transforms import normalize_intensity
 
@@ -60,13 +61,16 @@ class CaseLoader:
         image = self.image(case_id)
         return image if slice_index < 0 else image[:, slice_index]
 
-    def priors_slice(self, case_id: str, slice_index: int) -> np.ndarray:
-        """SAMAug prior maps of a slice from the teacher cache, float32 (2, H, W)."""
+    def priors_slice(self, case_id: str, slice_index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Prior maps of a slice from the teacher cache, float32 (P, H, W), on the image slice's pixel grid (or
+        resized to ``size`` (h, w)): SAMAug's maps are stored at the image's size, embedding priors at the
+        embedding grid's (:func:`~semisam.data.fusion.align_priors`)."""
         if self.priors is None:
             raise ValueError("no prior store was given")
         if self._priors_case != case_id:
             self._priors_case, self._priors_array = case_id, self.priors.load(case_id)
-        return self._priors_array if slice_index < 0 else self._priors_array[slice_index]
+        maps = self._priors_array if slice_index < 0 else self._priors_array[slice_index]
+        return align_priors(maps, size or self.image_slice(case_id, slice_index).shape[-2:])
 
     def label_slice(self, case_id: str, slice_index: int) -> np.ndarray:
         """int64 (H, W). Only ever called for labeled items."""

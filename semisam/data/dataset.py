@@ -101,7 +101,7 @@ class SliceDataset(Dataset):
 
     - ``image``: float32 tensor (C, H, W), normalised and resized to ``cfg.image_size``, augmented if ``train``;
     - ``label``: int64 tensor (H, W) — only when ``labeled``; an unlabeled dataset never reads a label;
-    - ``priors``: float32 tensor (2, H, W), SAMAug prior maps moved with the image — only when ``priors`` is given;
+    - ``priors``: float32 tensor (P, H, W), the prior maps moved with the image — only when ``priors`` is given;
     - ``pseudo_label`` int64 (H, W), ``weight`` float32 (H, W), ``uncertainty`` float32 (H, W): the item's entry of
       the pseudo-label bank moved with the image (weight 0 everywhere while it has none) — only with a ``bank``;
     - ``case_id`` (str), ``slice_index`` (int, -1 for 2D cases), ``index`` (int, position in ``items``).

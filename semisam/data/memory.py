@@ -61,7 +61,7 @@ class SliceStore:
         items: the ``(case_id, slice_index)`` items, in dataset order.
         images: float32 (N, C, h, w), normalised.
         labels: uint8 (N, h, w) class indices (int16 above 255 classes), or ``None`` for an unlabeled set.
-        priors: float32 (N, 2, h, w) SAMAug prior maps, or ``None``.
+        priors: float32 (N, P, h, w) prior maps (SAMAug's 2, or the embedding priors' components), or ``None``.
         native_shapes: (H, W) of each item as stored, for maps that arrive at native size later (the
             pseudo-label bank).
     """
@@ -98,7 +98,8 @@ class SliceStore:
             items: the items to hold.
             cfg: the data config (normalisation, ``image_size``, ``num_classes``).
             labeled: read labels too (never for unlabeled items: their labels are not touched).
-            priors: a prior store (``load(case_id)`` -> (2, H, W) or (D, 2, H, W)), or ``None``.
+            priors: a prior store (``load(case_id)`` -> (P, h, w) or (D, P, h, w) over the image's extent), or
+                ``None``.
             progress: a tqdm bar.
             what: the set's name for the bar and the log line.
         """
@@ -110,7 +111,7 @@ class SliceStore:
         images = np.empty((len(items), cfg.in_channels, *size), np.float32)
         label_dtype = np.uint8 if cfg.num_classes <= 256 else np.int16
         labels = np.empty((len(items), *size), label_dtype) if labeled else None
-        prior_maps = np.empty((len(items), 2, *size), np.float32) if priors is not None else None
+        prior_maps = None  # (N, P, h, w), allocated at the first item (P: the prior source's channels)
         shapes: list[tuple[int, int]] = []
         label_case, label_volume = None, None
         for i, (case_id, k) in enumerate(tqdm(items, desc=f"load {what}".strip(), disable=not progress)):
@@ -122,8 +123,11 @@ class SliceStore:
                     label_case, label_volume = case_id, reader.read_label(case_id)
                 label = label_volume if k < 0 else label_volume[k]
                 labels[i] = resize_maps(label.astype(np.int32), size, nearest=True)
-            if prior_maps is not None:
-                prior_maps[i] = resize_maps(loader.priors_slice(case_id, k), size)
+            if priors is not None:
+                maps = loader.priors_slice(case_id, k, size)
+                if prior_maps is None:
+                    prior_maps = np.empty((len(items), maps.shape[0], *size), np.float32)
+                prior_maps[i] = maps
         store = cls(items, images, labels, prior_maps, shapes)
         logger.info(
             "%s: %d slices in memory at %dx%d (%.0f MB)", what or "data", len(items), *size, store.nbytes / 2**20

@@ -54,7 +54,7 @@ from semisam.methods import build_method
 from semisam.methods.base import BankSource, StepOutput
 from semisam.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
 from semisam.student.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from semisam.student.unet import build_student
+from semisam.student.unet import build_run_student
 from semisam.teacher.cache import CacheStore
 from semisam.teacher.stores import open_prior_store
 from semisam.utils import atomic_write_text, autocast_dtype, resolve_device, seed_everything
@@ -226,7 +226,7 @@ class Trainer:
         """The student, its EMA (if the method keeps one), the DDP wrapper, optimiser, schedule and scaler."""
         cfg = self.cfg
         self.in_channels = student_in_channels(cfg)
-        self.model = build_student(cfg.student, self.in_channels, cfg.data.num_classes).to(self.device)
+        self.model = build_run_student(cfg).to(self.device)
         self.ema = StudentEMA(self.model, cfg.method.ema_decay) if self.method.needs_ema else None
         self.train_model = distributed.wrap_model(self.model, self.device)  # DDP under torchrun, else the model
         self.optimizer = build_optimizer(self.model.parameters(), cfg.schedule)
@@ -557,14 +557,13 @@ class Trainer:
     ) -> None:
         if "image" in preview:
             rows = [to_rgb(preview["image"])]
-            if priors is not None:  # segmentation prior, boundary prior
+            names = ["image"]
+            if priors is not None:  # SAMAug's two maps, or the embedding priors' first two components
                 rows += [to_rgb(priors[:, :1].detach()), to_rgb(priors[:, 1:2].detach())]
+                embedding = self.cfg.priors.source == "embeddings"
+                names += ["component 1", "component 2"] if embedding else ["seg prior", "boundary prior"]
             rows += [colorize(preview["label"]), colorize(preview["pred"])]
-            tag = (
-                "image | seg prior | boundary prior | label | prediction"
-                if priors is not None
-                else ("image | label | prediction")
-            )
+            tag = " | ".join([*names, "label", "prediction"])
             log.image_grid(f"train/labeled ({tag})", iteration, rows)
         if "unlabeled_image" in preview:
             rows, names = [to_rgb(preview["unlabeled_image"])], ["image"]

@@ -20,7 +20,7 @@ from monai.inferers import sliding_window_inference
 from semisam.config.schema import DataConfig, EvalConfig, PriorsConfig
 from semisam.data.cases import CaseLoader, PriorSource
 from semisam.data.dataset import require_labels
-from semisam.data.fusion import fuse_priors, more_confident
+from semisam.data.fusion import align_priors, fuse_priors, more_confident
 from semisam.data.readers import CaseReader
 from semisam.evaluation.metrics import MetricAccumulator
 
@@ -81,15 +81,16 @@ def predict_case(
 
     Args:
         image: normalised float32 (C, H, W) for a 2D case or (C, D, H, W) for a volume (slices along D).
-        priors: SAMAug prior maps float32 (2, H, W) or (D, 2, H, W), fused into the input by ``fusion``
-            (see :mod:`semisam.data.fusion`); ``None`` when the student takes none.
+        priors: prior maps float32 (P, h, w) or (D, P, h, w) over the image's extent (resized to its (H, W)
+            here), fused into the input by ``fusion`` (see :mod:`semisam.data.fusion`); ``None`` when the student
+            takes none.
         alternate: SAMAug's test-time rule: predict raw and augmented inputs, keep the more confident.
     Returns:
         int64 (H, W) or (D, H, W), the argmax over classes.
     """
     volume = image.ndim == 4
     slices = np.moveaxis(image, 1, 0) if volume else image[None]  # (N, C, H, W)
-    prior_slices = None if priors is None else (priors if volume else priors[None])  # (N, 2, H, W)
+    prior_slices = None if priors is None else align_priors(priors if volume else priors[None], image.shape[-2:])
     out = np.empty((slices.shape[0], *slices.shape[-2:]), dtype=np.int64)
     for part in _batches(slices.shape[0], batch_size):
         x = torch.from_numpy(np.ascontiguousarray(slices[part])).to(device)

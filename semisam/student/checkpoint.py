@@ -20,8 +20,7 @@ import torch
 
 from semisam.config.loader import config_from_dict, load_config
 from semisam.config.schema import ConfigError, RunConfig
-from semisam.data.fusion import student_in_channels
-from semisam.student.unet import build_student
+from semisam.student.unet import build_run_student
 from semisam.utils import atomic_torch_save, remove_stale_temporaries, resolve_device
 
 CHECKPOINT_FORMAT = 1
@@ -135,7 +134,7 @@ def load_student(
     if weights == "ema" and state.get("ema") is None:
         raise ConfigError(f"{checkpoint} holds no EMA weights (method {saved.method.name})")
     device = resolve_device(cfg.device)
-    model = build_student(cfg.student, student_in_channels(saved), cfg.data.num_classes)
+    model = build_run_student(cfg)
     ema_state = state.get("ema") or {}
     source = {"model": state["model"], "ema": ema_state.get("module", ema_state)}[weights]
     load_model_weights(model, {"model": source}, checkpoint)

@@ -11,6 +11,10 @@ Two architectures, chosen by ``student.arch``:
   from MONAI blocks (:class:`~monai.networks.nets.basic_unet.UpCat`, ``TwoConv``).
 
 Both map a float tensor (B, in_channels, H, W) to float logits (B, num_classes, H, W) for any H, W >= 16.
+
+A student given the teacher's embedding priors (``priors.source=embeddings``) is wrapped in
+:class:`PriorProjection`: its learned projection of those channels is part of the student (trained, saved,
+EMA-averaged with it). :func:`build_run_student` is the one place that builds the student a run config asks for.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from monai.networks.nets import BasicUNet, UNet
 from monai.networks.nets.basic_unet import TwoConv, UpCat
 from torch import nn
 
-from semisam.config.schema import StudentConfig
+from semisam.config.schema import RunConfig, StudentConfig
+from semisam.data.fusion import prior_channels, student_in_channels
 
 logger = logging.getLogger("semisam")
 
@@ -86,6 +91,51 @@ def build_student(cfg: StudentConfig, in_channels: int, num_classes: int) -> nn.
     if cfg.arch == "timm_unet":
         return TimmUNet(cfg.encoder, in_channels, num_classes, features, cfg.dropout, cfg.pretrained, cfg.norm)
     raise ValueError(f"student.arch={cfg.arch!r} is not one of basic_unet, res_unet, timm_unet")
+
+
+def build_run_student(cfg: RunConfig) -> nn.Module:
+    """The student of a run config: ``student`` for the input channels :func:`student_in_channels` gives, wrapped
+    in :class:`PriorProjection` when it takes the teacher's embedding priors."""
+    in_channels = student_in_channels(cfg)
+    if not (cfg.priors.enabled and cfg.priors.source == "embeddings"):
+        return build_student(cfg.student, in_channels, cfg.data.num_classes)
+    image_channels, width = cfg.data.in_channels, cfg.priors.projection_channels
+    net = build_student(cfg.student, image_channels + width, cfg.data.num_classes)
+    return PriorProjection(net, image_channels, prior_channels(cfg.priors), width)
+
+
+class PriorProjection(nn.Module):
+    """A student whose input ends with prior channels that a learned layer projects before the network sees them.
+
+    Input float (B, C + P, H, W): C image channels, then P prior channels (the whitened PCA components of the
+    teacher's embedding, aligned with the image). The priors go through a 1x1 convolution to ``width`` channels,
+    GroupNorm and GELU, and are concatenated with the image: ``net`` sees (B, C + width, H, W). A 1x1 convolution
+    commutes with the bilinear resize that aligned the priors, so this is the projection of the embedding at its
+    own grid, upsampled, at the cost of P input channels (measured against a 256-channel embedding in
+    docs/RESULTS.md).
+    """
+
+    def __init__(self, net: nn.Module, image_channels: int, prior_channels: int, width: int) -> None:
+        super().__init__()
+        if image_channels < 1 or prior_channels < 1 or width < 1:
+            raise ValueError(f"channels must be >= 1: image {image_channels}, priors {prior_channels}, width {width}")
+        self.image_channels, self.prior_channels = image_channels, prior_channels
+        self.project = nn.Sequential(
+            nn.Conv2d(prior_channels, width, kernel_size=1),
+            nn.GroupNorm(math.gcd(4, width), width),
+            nn.GELU(),
+        )
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (B, C + P, H, W) -> float logits (B, num_classes, H, W)."""
+        if x.shape[1] != self.image_channels + self.prior_channels:
+            raise ValueError(
+                f"input of {x.shape[1]} channels; this student takes {self.image_channels} image channels and "
+                f"{self.prior_channels} embedding-prior channels"
+            )
+        image, priors = x[:, : self.image_channels], x[:, self.image_channels :]
+        return self.net(torch.cat([image, self.project(priors)], dim=1))
 
 
 class ResUNet(nn.Module):

@@ -6,6 +6,11 @@ Layout (``<teacher.cache_dir>/<data.name>/<teacher.kind>/``)::
     embeddings/<case>.npy        float16, (256, e, e) for a 2D case, (D, 256, e, e) for a volume
     priors/manifest.json         the same + the everything-mode settings
     priors/<case>.npy            float16, (2, H, W) or (D, 2, H, W): segmentation prior, boundary prior
+    embedding_priors/manifest.json   the same + the reduction (PCA channels, the training ids it was fitted on)
+    embedding_priors/pca.npz     the fixed PCA (mean, components, scales) fitted on the training images
+    embedding_priors/<case>.npy  float16, (P, h, w) or (D, P, h, w): the embedding's whitened PCA components over
+                                 the image's extent, at the embedding grid's resolution (see
+                                 :mod:`semisam.teacher.embedding_priors`)
 
 Every file is written atomically (temporary file + rename), so a case file that exists is complete: an
 interrupted precompute resumes by skipping the cases already there. A manifest that names another teacher (kind,
@@ -16,10 +21,12 @@ Arrays are plain ``.npy`` loaded with ``allow_pickle=False``: nothing in a cache
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,7 @@ from semisam.utils import atomic_write_bytes, atomic_write_text, remove_stale_te
 logger = logging.getLogger("semisam")
 
 CACHE_FORMAT = 1
-KINDS = ("embeddings", "priors")
+KINDS = ("embeddings", "priors", "embedding_priors")
 
 
 class CacheError(RuntimeError):
@@ -64,8 +71,9 @@ def teacher_identity(
     }
 
 
-def expected_manifest(cfg: RunConfig, kind: str, teacher: dict) -> dict:
-    """The manifest a store of ``kind`` must carry to be used with this config and teacher identity."""
+def expected_manifest(cfg: RunConfig, kind: str, teacher: dict, fit_ids: Sequence[str] | None = None) -> dict:
+    """The manifest a store of ``kind`` must carry to be used with this config and teacher identity
+    (``fit_ids``: for ``embedding_priors``, the training case ids the PCA is fitted on)."""
     data = cfg.data
     manifest: dict[str, Any] = {
         "format": CACHE_FORMAT,
@@ -79,6 +87,16 @@ def expected_manifest(cfg: RunConfig, kind: str, teacher: dict) -> dict:
     }
     if kind == "priors":
         manifest["everything"] = asdict(cfg.teacher.everything)
+    if kind == "embedding_priors":
+        if fit_ids is None:
+            raise ValueError("an embedding-prior manifest names the training ids its PCA was fitted on")
+        manifest["reduction"] = {
+            "method": "pca",
+            "channels": cfg.priors.embedding_channels,
+            "whitened": True,
+            "fit_cases": len(fit_ids),
+            "fit_ids_sha256": hashlib.sha256("\n".join(sorted(fit_ids)).encode()).hexdigest(),
+        }
     return manifest
 
 

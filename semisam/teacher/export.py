@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from semisam.config.schema import RunConfig
+from semisam.config.schema import ConfigError, RunConfig
 from semisam.data.cases import CaseLoader
 from semisam.data.readers import build_reader
 from semisam.data.splits import Split, resolve_split
@@ -47,7 +47,14 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 def export_augmented(
     cfg: RunConfig, out_dir: str | Path, splits: Sequence[str] = SPLIT_NAMES, limit: int | None = None
 ) -> Path:
-    """Write the augmented inputs of the given splits' cases to ``out_dir``; returns ``out_dir``."""
+    """Write the augmented inputs of the given splits' cases to ``out_dir``; returns ``out_dir``.
+
+    Raises:
+        ConfigError: ``priors.source=embeddings`` (its maps are inputs of semisam's learned projection, not images
+            another framework can read; the export writes SAMAug's two maps).
+    """
+    if cfg.priors.source == "embeddings":
+        raise ConfigError("--export writes SAMAug's everything maps: run it with priors.source=everything")
     out = Path(out_dir)
     reader = build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())

@@ -40,10 +40,12 @@ from semisam.data.cases import CaseLoader
 from semisam.data.readers import CaseReader, build_reader
 from semisam.data.splits import Split, resolve_split
 from semisam.teacher.cache import CacheStore, cache_root, expected_manifest
+from semisam.teacher.embedding_priors import write_embedding_priors
+from semisam.teacher.embedding_priors import write_preview as write_embedding_priors_preview
 from semisam.teacher.engine import build_teacher
 from semisam.teacher.everything import everything_amg, everything_box_grid
 from semisam.teacher.priors import MaskRecord, best_mask_overlap, prior_maps
-from semisam.teacher.stores import identity_of
+from semisam.teacher.stores import embedding_fit_ids, identity_of
 from semisam.utils import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger("semisam")
@@ -193,11 +195,22 @@ def precompute(
     if limit is not None:
         split = Split(*(getattr(split, name)[:limit] for name in ("labeled", "unlabeled", "val", "test")))
     root = cache_root(cfg)
-    stores = _prepared_stores(cfg, root, identity_of(teacher), priors, rank)
+    embedding_priors = priors and cfg.priors.enabled and cfg.priors.source == "embeddings"
+    everything = priors and not embedding_priors
+    stores = _prepared_stores(cfg, root, identity_of(teacher), everything, rank, embedding_priors)
     keep = embedding_splits(cfg) if keep_embeddings_of is None else tuple(keep_embeddings_of)
-    cases = _case_order(split, splits, keep)[rank::world_size]
+    if embedding_priors:  # every requested case's embedding is reduced to its priors: keep them all
+        keep = tuple(dict.fromkeys([*keep, *splits]))
+    all_cases = _case_order(split, splits, keep)
+    fit_ids = embedding_fit_ids(cfg, reader) if embedding_priors else []
+    if embedding_priors:  # the PCA's training cases are embedded (and kept) whatever the requested splits
+        listed = {case for case, _ in all_cases}
+        all_cases += [(case, True) for case in fit_ids if case not in listed]
+    cases = all_cases[rank::world_size]
     report = PrecomputeReport(root=root)
-    todo, report.skipped = _cases_to_compute(cases, stores, cfg.teacher.cache_embeddings, priors)
+    todo, report.skipped = _cases_to_compute(
+        cases, stores, cfg.teacher.cache_embeddings or embedding_priors, everything
+    )
     logger.info(
         "teacher %s: %d cases to compute, %d already cached, in %s", teacher.spec.kind, len(todo), report.skipped, root
     )
@@ -207,16 +220,67 @@ def precompute(
     previews = _compute_and_store(
         teacher, loader, todo, stores, cfg, scored, report, desc=desc, progress=progress and rank == 0, main=rank == 0
     )
+    if embedding_priors:
+        requested = _case_order(split, splits, keep)
+        _reduce_embeddings(
+            cfg, teacher, loader, stores, split, fit_ids, [c for c, _ in requested], rank, world_size, progress
+        )
     return _final_report(report, cfg, root, previews)
 
 
-def _prepared_stores(cfg: RunConfig, root: Path, identity: dict, priors: bool, rank: int) -> dict[str, CacheStore]:
+def _reduce_embeddings(
+    cfg: RunConfig,
+    teacher,
+    loader: CaseLoader,
+    stores: dict[str, CacheStore],
+    split: Split,
+    fit_ids: list[str],
+    case_ids: list[str],
+    rank: int,
+    world_size: int,
+    progress: bool,
+) -> None:
+    """The embedding priors of ``case_ids`` (:mod:`semisam.teacher.embedding_priors`): rank 0 prepares the store
+    and fits the PCA on the training cases ``fit_ids`` once every rank has embedded its share; then each rank
+    reduces its share of the cases."""
+    store = CacheStore(cache_root(cfg), "embedding_priors")
+    distributed.barrier()  # every rank's embeddings are written
+    if rank == 0:
+        store.prepare(expected_manifest(cfg, "embedding_priors", identity_of(teacher), fit_ids))
+        write_embedding_priors(cfg, teacher, loader, stores["embeddings"], store, fit_ids, [], progress=progress)
+    distributed.barrier()  # the PCA is fitted
+    tic = time.perf_counter()
+    written = write_embedding_priors(
+        cfg,
+        teacher,
+        loader,
+        stores["embeddings"],
+        store,
+        fit_ids,
+        case_ids[rank::world_size],
+        fit=False,
+        progress=progress and rank == 0,
+    )
+    logger.info("embedding priors: %d cases written in %.1f s (%s)", written, time.perf_counter() - tic, store.dir)
+    distributed.barrier()
+    if rank == 0:
+        shown = [*split.val, *split.labeled]
+        preview = write_embedding_priors_preview(cache_root(cfg), loader, store, shown)
+        if preview is not None:
+            logger.info("embedding priors: look at %s", preview)
+
+
+def _prepared_stores(
+    cfg: RunConfig, root: Path, identity: dict, priors: bool, rank: int, embeddings: bool = False
+) -> dict[str, CacheStore]:
     """The ``embeddings`` and ``priors`` stores under ``root``. Rank 0 prepares those this run writes (a store
     made by another teacher or with other settings is wiped, the manifest written); every rank then waits at a
     barrier, so no rank writes into a store before it is ready."""
     stores = {kind: CacheStore(root, kind) for kind in ("embeddings", "priors")}
     for kind, store in stores.items():
-        if (kind == "embeddings" and not cfg.teacher.cache_embeddings) or (kind == "priors" and not priors):
+        if (kind == "embeddings" and not (cfg.teacher.cache_embeddings or embeddings)) or (
+            kind == "priors" and not priors
+        ):
             continue
         if rank == 0:
             store.prepare(expected_manifest(cfg, kind, identity))

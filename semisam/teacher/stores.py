@@ -9,14 +9,20 @@ makes it (``tools/precompute.py``); they never rebuild (that is the precompute's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
 
 from semisam.config.schema import RunConfig
+from semisam.data.readers import CaseReader, build_reader
+from semisam.data.splits import resolve_split
 from semisam.teacher.cache import CacheError, CacheStore, cache_root, expected_manifest, teacher_identity
 from semisam.teacher.checkpoints import resolve_checkpoint
 from semisam.teacher.engine import DTYPE_NAMES, TEACHER_VERSION, SamTeacher, teacher_dtype
 from semisam.teacher.models import get_spec
 from semisam.utils import resolve_device
 
+PCA_FIT_CASES = 256  # training cases the embedding priors' PCA is fitted on (evenly spaced over the pool)
 PRECOMPUTE_COMMAND = "python tools/precompute.py --config <this run's config>"
 
 
@@ -43,12 +49,38 @@ def identity_from_config(cfg: RunConfig) -> dict:
     )
 
 
+def prior_store_kind(cfg: RunConfig) -> str:
+    """The cache store of ``cfg.priors.source``: ``priors`` (SAMAug's maps) or ``embedding_priors``."""
+    return "embedding_priors" if cfg.priors.source == "embeddings" else "priors"
+
+
+def embedding_fit_ids(cfg: RunConfig, reader: CaseReader | None = None) -> list[str]:
+    """The training cases the embedding priors' PCA is fitted on: at most :data:`PCA_FIT_CASES`, evenly spaced
+    over the sorted training pool (labeled + every unlabeled case, ``data.split.unlabeled_count`` ignored; never
+    val or test). Label-free, and the same for every labeled subset and pool size of a data set, so that one
+    cache serves all of its protocols."""
+    reader = reader or build_reader(cfg.data)
+    whole = replace(cfg.data, split=replace(cfg.data.split, unlabeled_count=None))
+    split = resolve_split(whole, reader.case_ids())
+    pool = sorted({*split.labeled, *split.unlabeled})
+    if len(pool) <= PCA_FIT_CASES:
+        return pool
+    return [pool[i] for i in np.linspace(0, len(pool) - 1, PCA_FIT_CASES).round().astype(int)]
+
+
 def open_prior_store(cfg: RunConfig, case_ids: Sequence[str]) -> CacheStore:
-    """The SAMAug prior maps of ``case_ids`` (a run with ``priors.enabled``)."""
-    store = CacheStore(cache_root(cfg), "priors")
+    """The prior maps of ``case_ids`` from the store of ``priors.source`` (a run with ``priors.enabled``), refused
+    unless made by this config's teacher and settings (for embedding priors: the same PCA channels, fitted on the
+    same training ids) and complete."""
+    kind = prior_store_kind(cfg)
+    store = CacheStore(cache_root(cfg), kind)
     command = f"{PRECOMPUTE_COMMAND} (cache: {store.dir})"
-    store.check(expected_manifest(cfg, "priors", identity_from_config(cfg)), command)
-    return _require_cases(store, case_ids, "prior maps for", f"complete it with: {command}")
+    fit_ids = embedding_fit_ids(cfg) if kind == "embedding_priors" else None
+    try:  # the student takes these maps as input: the message names the key that asks for them
+        store.check(expected_manifest(cfg, kind, identity_from_config(cfg), fit_ids), command)
+        return _require_cases(store, case_ids, "prior maps for", f"complete it with: {command}")
+    except CacheError as err:
+        raise CacheError(f"priors.enabled=true, priors.source={cfg.priors.source}: {err}") from None
 
 
 def open_embedding_store(cfg: RunConfig, teacher: SamTeacher, case_ids: Sequence[str]) -> CacheStore:
