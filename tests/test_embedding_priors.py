@@ -16,7 +16,7 @@ from semisam.data.readers import build_reader
 from semisam.data.splits import resolve_split
 from semisam.engine.trainer import Trainer
 from semisam.methods import build_method
-from semisam.student.unet import PriorProjection, build_run_student
+from semisam.student.unet import EmbeddingHead, PriorProjection, build_run_student
 from semisam.teacher import precompute as pc
 from semisam.teacher import stores
 from semisam.teacher.cache import CacheError, cache_root
@@ -94,7 +94,7 @@ def feat_cache(phantom_root, tmp_path, tiny_teacher, monkeypatch):
 
 
 def test_precompute_writes_the_reduced_embeddings_of_every_split(feat_cache, tiny_teacher):
-    cfg, report = feat_cache
+    cfg, _ = feat_cache
     root = cache_root(cfg) / "embedding_priors"
     split = resolve_split(cfg.data, build_reader(cfg.data).case_ids())
     cases = {*split.labeled, *split.unlabeled, *split.val, *split.test}
@@ -286,3 +286,20 @@ def test_the_projection_learns_from_the_priors():
 def test_bad_embedding_prior_settings_name_the_key(phantom_root, tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(phantom_root, tmp_path, *extra)
+
+
+def test_the_head_only_reference_reads_the_priors_alone(phantom_root, tmp_path):
+    cfg = _cfg(phantom_root, tmp_path, "student.arch=embedding_head")
+    model = build_run_student(cfg).eval()
+    assert isinstance(model, EmbeddingHead)
+    x = torch.rand(2, 7, 32, 32)
+    other_image = x.clone()
+    other_image[:, :1] = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, cfg.data.num_classes, 32, 32)
+        assert torch.equal(model(x), model(other_image))  # the image is not read
+        other_priors = x.clone()
+        other_priors[:, 1:] = torch.rand(2, 6, 32, 32)
+        assert not torch.allclose(model(x), model(other_priors))
+    with pytest.raises(ConfigError, match="embedding_head reads the embedding priors"):
+        _cfg(phantom_root, tmp_path, "student.arch=embedding_head", "priors.enabled=false")

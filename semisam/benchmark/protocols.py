@@ -165,6 +165,12 @@ VARIANTS: dict[str, MethodVariant] = {
             "labeled images only, the teacher's image embedding (PCA components, learned projection) as input",
         ),
         MethodVariant(
+            "head_feat",
+            "supervised",
+            (*EMBEDDING_PRIORS, "student.arch=embedding_head"),
+            "the reference without a U-Net: a small convolutional head on the embedding priors alone, labeled images",
+        ),
+        MethodVariant(
             "unimatch_feat",
             "unimatch",
             EMBEDDING_PRIORS,

@@ -14,7 +14,7 @@ from omegaconf import MISSING
 
 DATA_FORMATS = ("folder", "nnunet", "ssl4mis_h5")
 MODALITIES = ("mr", "ct", "rgb", "none")
-STUDENT_ARCHS = ("basic_unet", "res_unet", "timm_unet")
+STUDENT_ARCHS = ("basic_unet", "res_unet", "timm_unet", "embedding_head")
 STUDENT_NORMS = ("batch", "instance")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("poly", "cosine", "constant")
@@ -134,7 +134,9 @@ class DataConfig:
 
 @dataclass
 class StudentConfig:
-    """The student network: MONAI's BasicUNet, MONAI's residual UNet, or a U-Net on a timm encoder."""
+    """The student network: MONAI's BasicUNet, MONAI's residual UNet, a U-Net on a timm encoder, or
+    ``embedding_head`` (the reference without a U-Net: a small convolutional head on the embedding priors alone,
+    the image unused; it needs ``priors.source=embeddings``)."""
 
     arch: str = "basic_unet"
     features: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
@@ -710,6 +712,10 @@ def _validate_priors(cfg: RunConfig) -> None:
         raise ConfigError(
             f"priors.source=embeddings is fused by the student's learned projection: priors.fusion must be concat, "
             f"got {cfg.priors.fusion!r}"
+        )
+    if cfg.student.arch == "embedding_head" and not (cfg.priors.enabled and cfg.priors.source == "embeddings"):
+        raise ConfigError(
+            "student.arch=embedding_head reads the embedding priors: set priors.enabled=true priors.source=embeddings"
         )
     if cfg.priors.enabled and cfg.priors.source == "embeddings" and cfg.priors.alternate:
         raise ConfigError(

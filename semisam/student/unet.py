@@ -100,8 +100,40 @@ def build_run_student(cfg: RunConfig) -> nn.Module:
     if not (cfg.priors.enabled and cfg.priors.source == "embeddings"):
         return build_student(cfg.student, in_channels, cfg.data.num_classes)
     image_channels, width = cfg.data.in_channels, cfg.priors.projection_channels
+    if cfg.student.arch == "embedding_head":
+        return EmbeddingHead(image_channels, prior_channels(cfg.priors), width, cfg.data.num_classes)
     net = build_student(cfg.student, image_channels + width, cfg.data.num_classes)
     return PriorProjection(net, image_channels, prior_channels(cfg.priors), width)
+
+
+class EmbeddingHead(nn.Module):
+    """The reference without a U-Net (``student.arch=embedding_head``): what the teacher's features alone give.
+
+    Input float (B, C + P, H, W) as :class:`PriorProjection` takes it; the C image channels are ignored. The P
+    prior channels go through the same learned projection (1x1 convolution to ``width``, GroupNorm, GELU), then two
+    3x3 convolution blocks of 128 and 64 channels (GroupNorm, GELU) and a 1x1 convolution to the class logits.
+    Output float (B, num_classes, H, W).
+    """
+
+    def __init__(self, image_channels: int, prior_channels: int, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.image_channels, self.prior_channels = image_channels, prior_channels
+
+        def block(cin: int, cout: int, kernel: int) -> list[nn.Module]:
+            conv = nn.Conv2d(cin, cout, kernel_size=kernel, padding=kernel // 2)
+            return [conv, nn.GroupNorm(math.gcd(8, cout), cout), nn.GELU()]
+
+        self.project = nn.Sequential(*block(prior_channels, width, 1))
+        self.head = nn.Sequential(*block(width, 128, 3), *block(128, 64, 3), nn.Conv2d(64, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (B, C + P, H, W) -> float logits (B, num_classes, H, W)."""
+        if x.shape[1] != self.image_channels + self.prior_channels:
+            raise ValueError(
+                f"input of {x.shape[1]} channels; this student takes {self.image_channels} image channels and "
+                f"{self.prior_channels} embedding-prior channels"
+            )
+        return self.head(self.project(x[:, self.image_channels :]))
 
 
 class PriorProjection(nn.Module):
