@@ -34,7 +34,7 @@ from semisam.data.splits import resolve_split
 from semisam.engine.ema import StudentEMA
 from semisam.methods import build_method
 from semisam.methods.losses import SupervisedLoss
-from semisam.student.unet import build_student
+from semisam.student.unet import build_run_student, build_student
 from semisam.workflow.train import build_trainer
 
 
@@ -122,7 +122,7 @@ def method_step_seconds(cfg: RunConfig, steps: int = 4, warmup: int = 2, iterati
     method (default: the middle of the run, past BCP's pre-training and any warm-up)."""
     method = build_method(cfg)
     channels, classes = student_in_channels(cfg), cfg.data.num_classes
-    model = build_student(cfg.student, channels, classes).train()
+    model = build_run_student(cfg).train()  # with the learned projection of embedding priors, if any
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.schedule.lr)
     ema = StudentEMA(model, cfg.method.ema_decay) if method.needs_ema else None
     height, width = cfg.data.image_size
