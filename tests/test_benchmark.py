@@ -375,6 +375,28 @@ def test_the_teacher_pass_computes_only_what_the_runs_read(tmp_path, monkeypatch
         (("unlabeled", "val"), False, ("unlabeled", "val")),
     ]
     assert pools == [300, None]
+    # one prior pass per source: SAMAug's maps and the embedding priors are two stores
+    sources = []
+    real = fake_precompute
+
+    def recording(cfg, *args, **kwargs):
+        sources.append(cfg.priors.source if kwargs["priors"] else None)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "precompute", recording)
+    assert teacher_pass(["supervised_priors", "supervised_feat", "head_feat"])[0] == [
+        (("labeled", "val", "test"), True, None),
+        (("labeled", "val", "test"), True, None),
+    ]
+    assert sources == ["everything", "embeddings"]
+
+
+def test_feature_rounds_share_round_0_with_supervised_feat(tmp_path):
+    names = ["semisam_feat", "supervised_feat", "supervised"]
+    runner = BenchmarkRunner(
+        get_protocol("kvasir-10"), get_scale("cpu"), [VARIANTS[m] for m in names], [0], tmp_path, progress=False
+    )
+    assert runner.round0_providers == {("semisam_feat", 0): "supervised_feat"}
 
 
 def test_a_whole_pool_rounds_run_shares_the_supervised_round0(tmp_path):

@@ -370,7 +370,10 @@ class BenchmarkRunner:
         pool_priors = any(c.priors.enabled and c.method.name != "supervised" for c in cfgs)
         if need_priors:  # one pass per prior source (SAMAug's maps, the embedding priors) the methods take
             prior_splits = ("labeled", "unlabeled", "val", "test") if pool_priors else ("labeled", "val", "test")
-            by_source = {c.priors.source: c for c in reversed(cfgs) if c.priors.enabled}  # the first of each
+            by_source: dict[str, RunConfig] = {}
+            for c in cfgs:  # the first method of each source, in the methods' order
+                if c.priors.enabled:
+                    by_source.setdefault(c.priors.source, c)
             passes += [(c, prior_splits, True) for c in by_source.values()]
         if pseudo:
             widest = max((c for c in cfgs if trains_on_pseudo_labels(c)), key=_pool_size)
