@@ -297,6 +297,7 @@ def test_the_head_only_reference_reads_the_priors_alone(phantom_root, tmp_path):
     other_image[:, :1] = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert model(x).shape == (2, cfg.data.num_classes, 32, 32)
+        assert model(torch.rand(1, 7, 33, 30)).shape == (1, cfg.data.num_classes, 33, 30)
         assert torch.equal(model(x), model(other_image))  # the image is not read
         other_priors = x.clone()
         other_priors[:, 1:] = torch.rand(2, 6, 32, 32)

@@ -110,9 +110,10 @@ class EmbeddingHead(nn.Module):
     """The reference without a U-Net (``student.arch=embedding_head``): what the teacher's features alone give.
 
     Input float (B, C + P, H, W) as :class:`PriorProjection` takes it; the C image channels are ignored. The P
-    prior channels go through the same learned projection (1x1 convolution to ``width``, GroupNorm, GELU), then two
-    3x3 convolution blocks of 128 and 64 channels (GroupNorm, GELU) and a 1x1 convolution to the class logits.
-    Output float (B, num_classes, H, W).
+    prior channels go through the same learned projection (1x1 convolution to ``width``, GroupNorm, GELU), are
+    average-pooled by 2 (at the ``cpu`` scale's 128 x 128 input, back to about the 64 x 64 embedding grid), then
+    two 3x3 convolution blocks of 128 and 64 channels (GroupNorm, GELU) and a 1x1 convolution give class logits,
+    upsampled bilinearly to the input's size. Output float (B, num_classes, H, W).
     """
 
     def __init__(self, image_channels: int, prior_channels: int, width: int, num_classes: int) -> None:
@@ -133,7 +134,8 @@ class EmbeddingHead(nn.Module):
                 f"input of {x.shape[1]} channels; this student takes {self.image_channels} image channels and "
                 f"{self.prior_channels} embedding-prior channels"
             )
-        return self.head(self.project(x[:, self.image_channels :]))
+        features = F.avg_pool2d(self.project(x[:, self.image_channels :]), 2, ceil_mode=True)
+        return F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class PriorProjection(nn.Module):
