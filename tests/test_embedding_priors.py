@@ -304,3 +304,23 @@ def test_the_head_only_reference_reads_the_priors_alone(phantom_root, tmp_path):
         assert not torch.allclose(model(x), model(other_priors))
     with pytest.raises(ConfigError, match="embedding_head reads the embedding priors"):
         _cfg(phantom_root, tmp_path, "student.arch=embedding_head", "priors.enabled=false")
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_more_channels_than_opencv_takes_still_move_as_one(seed):
+    """A 256-component embedding prior exceeds OpenCV's channel limit: it is transformed in chunks, under one draw."""
+    import albumentations as A
+
+    from semisam.data.transforms import MAX_JOINT_CHANNELS, apply_joint
+
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 24, 24)).astype(np.float32)
+    priors = np.repeat(image, MAX_JOINT_CHANNELS + 140, axis=0)
+    label = (image[0] > 0.5).astype(np.int64)
+    transform = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(rotate=(-40, 40), p=1.0)], seed=0)
+    for _ in range(4):
+        cont, disc = apply_joint(transform, {"image": image, "priors": priors}, {"label": label}, seed)
+        assert cont["priors"].shape == priors.shape
+        assert np.allclose(cont["priors"], cont["image"], atol=1e-6)
+        assert not np.allclose(cont["image"], image)
+        assert disc["label"].shape == label.shape

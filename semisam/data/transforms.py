@@ -22,6 +22,10 @@ import numpy as np
 
 from semisam.config.schema import AugmentationConfig, DataConfig
 
+# OpenCV (under albumentations' flips and warps) takes at most this many channels in one array: more continuous
+# channels than this (a 256-channel embedding prior) are transformed in chunks under one seeded draw.
+MAX_JOINT_CHANNELS = 128
+
 
 def normalize_intensity(image: np.ndarray, modality: str, clip_percentiles: tuple[float, float]) -> np.ndarray:
     """Scale a raw image to roughly [0, 1], per channel.
@@ -128,21 +132,27 @@ def apply_joint(
     stacked = np.concatenate([continuous[n] for n in names], axis=0).transpose(1, 2, 0)
     mask_names = list(discrete)
     masks = [np.ascontiguousarray(discrete[n]) for n in mask_names]
-    if seed is not None:
-        transform.set_random_seed(seed)
-    kwargs: dict = {"image": np.ascontiguousarray(stacked, dtype=np.float32)}
-    if masks:
-        kwargs["masks"] = masks
-    out = transform(**kwargs)
-    image = out["image"]
-    if image.ndim == 2:  # single-channel results may lose their channel axis
-        image = image[..., None]
-    image = image.transpose(2, 0, 1)
+    if stacked.shape[-1] > MAX_JOINT_CHANNELS and seed is None:
+        seed = int(np.random.randint(2**31 - 1))  # one draw for every chunk below
+    parts = []
+    for start in range(0, stacked.shape[-1], MAX_JOINT_CHANNELS):
+        if seed is not None:  # the same seed before each chunk: the same draw, so every chunk moves alike
+            transform.set_random_seed(seed)
+        kwargs: dict = {"image": np.ascontiguousarray(stacked[..., start : start + MAX_JOINT_CHANNELS], np.float32)}
+        if masks and start == 0:
+            kwargs["masks"] = masks
+        out = transform(**kwargs)
+        part = out["image"]
+        if part.ndim == 2:  # single-channel results may lose their channel axis
+            part = part[..., None]
+        parts.append(part.transpose(2, 0, 1))
+        if start == 0:
+            mask_out = out.get("masks", [])
+    image = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     splits = np.cumsum(sizes)[:-1]
     cont_out = {n: np.ascontiguousarray(a) for n, a in zip(names, np.split(image, splits, axis=0), strict=True)}
     disc_out = {
-        n: np.asarray(m).astype(discrete[n].dtype, copy=False)
-        for n, m in zip(mask_names, out.get("masks", []), strict=True)
+        n: np.asarray(m).astype(discrete[n].dtype, copy=False) for n, m in zip(mask_names, mask_out, strict=True)
     }
     return cont_out, disc_out
 
