@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Run the frozen SAM teacher offline: image embeddings and SAMAug prior maps for every case, cached once.
+"""Run the frozen SAM teacher offline: image embeddings and prior maps for every case, cached once.
 
-Priors are computed when the config's student takes them (priors.enabled=true); otherwise only the image
-embeddings that pseudo-labels (and, with --refine, test-time refinement) decode on.
+Priors are computed when the config's student takes them (priors.enabled=true): with priors.source=everything
+SAMAug's two maps, with priors.source=embeddings the embedding priors (a PCA of the embeddings fitted on up to
+256 training images, its components over every case of the requested splits, and
+embedding_priors_preview.png beside the cache). Otherwise only the image embeddings that pseudo-labels (and,
+with --refine, test-time refinement) decode on.
 
 The cache goes to <teacher.cache_dir>/<data.name>/<teacher.kind>/ with a manifest naming the teacher (kind,
 checkpoint sha256, preprocessing); a cache made by another teacher is rebuilt, finished cases are skipped, so an
@@ -14,6 +17,8 @@ prior channels); it warns when more than 10 % of the images got no mask.
 Examples:
   python tools/precompute.py --config configs/kvasir/10_semisam.yaml
   python tools/precompute.py --config configs/kvasir/10_supervised.yaml --limit 20          # a CPU trial
+  python tools/precompute.py --config configs/kvasir/10_supervised.yaml priors.enabled=true \
+      priors.source=embeddings          # the teacher's embeddings as the student's input (train with the same)
   python tools/precompute.py --config configs/acdc/7_supervised.yaml teacher.kind=sam_vit_b \\
       teacher.checkpoint=/models/sam_vit_b_01ec64.pth
   python tools/precompute.py --config C --export runs/kvasir_samaug   # priors as extra image channels
