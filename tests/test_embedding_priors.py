@@ -252,11 +252,11 @@ def test_mixing_moves_the_priors_with_the_image(phantom_root, tmp_path, method):
 
 @pytest.mark.parametrize("channels", [4, 32])
 def test_the_student_input_follows_the_config(phantom_root, tmp_path, channels):
-    cfg = _cfg(phantom_root, tmp_path, f"priors.embedding_channels={channels}", "priors.projection_channels=8")
+    cfg = _cfg(phantom_root, tmp_path, f"priors.embedding_channels={channels}")
     assert student_in_channels(cfg) == 1 + channels
     model = build_run_student(cfg)
     assert isinstance(model, PriorProjection) and model.project[0].in_channels == channels
-    assert model.project[0].out_channels == 8
+    assert model.project[0].out_channels == 16 and model.keep_image
     out = model(torch.rand(2, 1 + channels, 32, 32))
     assert out.shape == (2, cfg.data.num_classes, 32, 32)
     with pytest.raises(ValueError, match="embedding-prior channels"):
@@ -291,7 +291,7 @@ def test_bad_embedding_prior_settings_name_the_key(phantom_root, tmp_path, extra
 def test_the_head_only_reference_reads_the_priors_alone(phantom_root, tmp_path):
     cfg = _cfg(phantom_root, tmp_path, "student.arch=embedding_head")
     model = build_run_student(cfg).eval()
-    assert isinstance(model, EmbeddingHead)
+    assert isinstance(model.net, EmbeddingHead) and not model.keep_image
     x = torch.rand(2, 7, 32, 32)
     other_image = x.clone()
     other_image[:, :1] = torch.rand(2, 1, 32, 32)

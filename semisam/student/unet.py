@@ -93,49 +93,48 @@ def build_student(cfg: StudentConfig, in_channels: int, num_classes: int) -> nn.
     raise ValueError(f"student.arch={cfg.arch!r} is not one of basic_unet, res_unet, timm_unet")
 
 
+PROJECTION_CHANNELS = 16  # the embedding priors' width after the learned projection (the issue's script's)
+
+
 def build_run_student(cfg: RunConfig) -> nn.Module:
     """The student of a run config: ``student`` for the input channels :func:`student_in_channels` gives, wrapped
-    in :class:`PriorProjection` when it takes the teacher's embedding priors."""
+    in :class:`PriorProjection` when it takes the teacher's embedding priors (``student.arch=embedding_head``:
+    the projection and :class:`EmbeddingHead`, without the image)."""
     in_channels = student_in_channels(cfg)
     if not (cfg.priors.enabled and cfg.priors.source == "embeddings"):
         return build_student(cfg.student, in_channels, cfg.data.num_classes)
-    image_channels, width = cfg.data.in_channels, cfg.priors.projection_channels
+    image_channels, width = cfg.data.in_channels, PROJECTION_CHANNELS
     if cfg.student.arch == "embedding_head":
-        return EmbeddingHead(image_channels, prior_channels(cfg.priors), width, cfg.data.num_classes)
+        head = EmbeddingHead(width, cfg.data.num_classes)
+        return PriorProjection(head, image_channels, prior_channels(cfg.priors), width, keep_image=False)
     net = build_student(cfg.student, image_channels + width, cfg.data.num_classes)
     return PriorProjection(net, image_channels, prior_channels(cfg.priors), width)
 
 
-class EmbeddingHead(nn.Module):
-    """The reference without a U-Net (``student.arch=embedding_head``): what the teacher's features alone give.
+class EmbeddingHead(nn.Sequential):
+    """The reference without a U-Net (``student.arch=embedding_head``, behind :class:`PriorProjection` with
+    ``keep_image=False``): what the teacher's features alone give.
 
-    Input float (B, C + P, H, W) as :class:`PriorProjection` takes it; the C image channels are ignored. The P
-    prior channels go through the same learned projection (1x1 convolution to ``width``, GroupNorm, GELU), are
-    average-pooled by 2 (at the ``cpu`` scale's 128 x 128 input, back to about the 64 x 64 embedding grid), then
-    two 3x3 convolution blocks of 128 and 64 channels (GroupNorm, GELU) and a 1x1 convolution give class logits,
-    upsampled bilinearly to the input's size. Output float (B, num_classes, H, W).
+    Float (B, width, H, W) projected embedding priors -> float logits (B, num_classes, H, W): average-pooled by 2
+    (at the ``cpu`` scale's 128 x 128 input, back to about the 64 x 64 embedding grid), two 3x3 convolution blocks
+    of 128 and 64 channels (GroupNorm, GELU), a 1x1 convolution to the classes, upsampled bilinearly by 2 and
+    cropped to the input's size.
     """
 
-    def __init__(self, image_channels: int, prior_channels: int, width: int, num_classes: int) -> None:
-        super().__init__()
-        self.image_channels, self.prior_channels = image_channels, prior_channels
+    def __init__(self, width: int, num_classes: int) -> None:
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.GELU()]
 
-        def block(cin: int, cout: int, kernel: int) -> list[nn.Module]:
-            conv = nn.Conv2d(cin, cout, kernel_size=kernel, padding=kernel // 2)
-            return [conv, nn.GroupNorm(math.gcd(8, cout), cout), nn.GELU()]
-
-        self.project = nn.Sequential(*block(prior_channels, width, 1))
-        self.head = nn.Sequential(*block(width, 128, 3), *block(128, 64, 3), nn.Conv2d(64, num_classes, 1))
+        super().__init__(
+            nn.AvgPool2d(2, ceil_mode=True),
+            *block(width, 128),
+            *block(128, 64),
+            nn.Conv2d(64, num_classes, 1),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Float (B, C + P, H, W) -> float logits (B, num_classes, H, W)."""
-        if x.shape[1] != self.image_channels + self.prior_channels:
-            raise ValueError(
-                f"input of {x.shape[1]} channels; this student takes {self.image_channels} image channels and "
-                f"{self.prior_channels} embedding-prior channels"
-            )
-        features = F.avg_pool2d(self.project(x[:, self.image_channels :]), 2, ceil_mode=True)
-        return F.interpolate(self.head(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return super().forward(x)[..., : x.shape[-2], : x.shape[-1]]
 
 
 class PriorProjection(nn.Module):
@@ -143,17 +142,20 @@ class PriorProjection(nn.Module):
 
     Input float (B, C + P, H, W): C image channels, then P prior channels (the whitened PCA components of the
     teacher's embedding, aligned with the image). The priors go through a 1x1 convolution to ``width`` channels,
-    GroupNorm and GELU, and are concatenated with the image: ``net`` sees (B, C + width, H, W). A 1x1 convolution
+    GroupNorm and GELU, and are concatenated with the image: ``net`` sees (B, C + width, H, W) (with
+    ``keep_image=False``, the projected priors alone: (B, width, H, W)). A 1x1 convolution
     commutes with the bilinear resize that aligned the priors, so this is the projection of the embedding at its
     own grid, upsampled, at the cost of P input channels (measured against a 256-channel embedding in
     docs/RESULTS.md).
     """
 
-    def __init__(self, net: nn.Module, image_channels: int, prior_channels: int, width: int) -> None:
+    def __init__(
+        self, net: nn.Module, image_channels: int, prior_channels: int, width: int, keep_image: bool = True
+    ) -> None:
         super().__init__()
         if image_channels < 1 or prior_channels < 1 or width < 1:
             raise ValueError(f"channels must be >= 1: image {image_channels}, priors {prior_channels}, width {width}")
-        self.image_channels, self.prior_channels = image_channels, prior_channels
+        self.image_channels, self.prior_channels, self.keep_image = image_channels, prior_channels, keep_image
         self.project = nn.Sequential(
             nn.Conv2d(prior_channels, width, kernel_size=1),
             nn.GroupNorm(math.gcd(4, width), width),
@@ -169,7 +171,8 @@ class PriorProjection(nn.Module):
                 f"{self.prior_channels} embedding-prior channels"
             )
         image, priors = x[:, : self.image_channels], x[:, self.image_channels :]
-        return self.net(torch.cat([image, self.project(priors)], dim=1))
+        projected = self.project(priors)
+        return self.net(torch.cat([image, projected], dim=1) if self.keep_image else projected)
 
 
 class ResUNet(nn.Module):

@@ -92,9 +92,11 @@ class PcaBasis:
             raise CacheError(f"{path}: damaged PCA file ({err}); delete its folder and rerun the precompute") from err
 
 
-def extent_cells(input_size: Sequence[int], encoder_size: int, grid: int) -> tuple[float, float]:
-    """How many embedding cells (rows, columns), fractional, the resized image ``input_size`` (h, w) covers."""
-    return input_size[0] * grid / encoder_size, input_size[1] * grid / encoder_size
+def extent_cells(input_size: Sequence[int], encoder_size: int, grid: int) -> tuple[int, int]:
+    """The embedding cells (rows, columns) that the resized image ``input_size`` (h, w) touches, a partly covered
+    cell included."""
+    rows, cols = (min(grid, math.ceil(side * grid / encoder_size - 1e-6)) for side in input_size[:2])
+    return rows, cols
 
 
 def crop_to_extent(maps: np.ndarray, input_size: Sequence[int], encoder_size: int) -> np.ndarray:
@@ -113,7 +115,7 @@ def crop_to_extent(maps: np.ndarray, input_size: Sequence[int], encoder_size: in
     height, width = int(input_size[0]), int(input_size[1])
     if (height, width) == (encoder_size, encoder_size):
         return np.asarray(maps, dtype=np.float32)
-    rows, cols = (math.ceil(c - 1e-6) for c in extent_cells((height, width), encoder_size, grid))
+    rows, cols = extent_cells((height, width), encoder_size, grid)
     x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     x = F.interpolate(x, (encoder_size, encoder_size), mode="bilinear", align_corners=False)[..., :height, :width]
     return F.interpolate(x, (rows, cols), mode="area").numpy()
@@ -146,7 +148,7 @@ def fit_pca(
     sum_x = sum_xx = None
     for embedding, input_size in embeddings:
         dim, grid = embedding.shape[0], embedding.shape[-1]
-        rows, cols = (min(grid, math.ceil(c)) for c in extent_cells(input_size, encoder_size, grid))
+        rows, cols = extent_cells(input_size, encoder_size, grid)
         x = np.asarray(embedding[:, :rows, :cols], dtype=np.float64).reshape(dim, -1).T  # (n, 256)
         if x.shape[0] > positions:
             x = x[rng.choice(x.shape[0], positions, replace=False)]

@@ -201,11 +201,10 @@ def precompute(
     keep = embedding_splits(cfg) if keep_embeddings_of is None else tuple(keep_embeddings_of)
     if embedding_priors:  # every requested case's embedding is reduced to its priors: keep them all
         keep = tuple(dict.fromkeys([*keep, *splits]))
-    all_cases = _case_order(split, splits, keep)
+    requested = _case_order(split, splits, keep)
     fit_ids = embedding_fit_ids(cfg, reader) if embedding_priors else []
-    if embedding_priors:  # the PCA's training cases are embedded (and kept) whatever the requested splits
-        listed = {case for case, _ in all_cases}
-        all_cases += [(case, True) for case in fit_ids if case not in listed]
+    listed = {case for case, _ in requested}  # the PCA's training cases are embedded (and kept) whatever the splits
+    all_cases = requested + [(case, True) for case in fit_ids if case not in listed]
     cases = all_cases[rank::world_size]
     report = PrecomputeReport(root=root)
     todo, report.skipped = _cases_to_compute(
@@ -221,7 +220,6 @@ def precompute(
         teacher, loader, todo, stores, cfg, scored, report, desc=desc, progress=progress and rank == 0, main=rank == 0
     )
     if embedding_priors:
-        requested = _case_order(split, splits, keep)
         _reduce_embeddings(
             cfg, teacher, loader, stores, split, fit_ids, [c for c, _ in requested], rank, world_size, progress
         )
