@@ -96,7 +96,7 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         assert cfg.schedule == cfgs["supervised"].schedule
         if name != "head_feat":  # the reference without a U-Net
             assert cfg.student == cfgs["supervised"].student
-        if name == "semisam_rounds_pool_pl":  # the one variant whose point is a different pool
+        if name.startswith("semisam_rounds_pool_pl"):  # the one variant (and its control) whose point is the pool
             assert cfg.data.split.unlabeled_count is None
             cfg.data.split.unlabeled_count = cfgs["supervised"].data.split.unlabeled_count
         assert cfg.data == cfgs["supervised"].data
@@ -105,7 +105,8 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         assert cfg.student.arch == ("embedding_head" if name == "head_feat" else "res_unet")
         assert cfg.output_dir == str(tmp_path / name / "seed3")
         assert cfg.teacher.cache_dir == str(tmp_path / "cache")
-    assert {m: cfgs[m].method.name for m in VARIANTS} == {
+    added = [m for m in VARIANTS if m.endswith(("_control", "_adapted"))]  # every rounds variant's control
+    assert {m: cfgs[m].method.name for m in VARIANTS if m not in added} == {
         "supervised": "supervised",
         "supervised_priors": "supervised",
         "supervised_samaug": "supervised",
@@ -129,6 +130,17 @@ def test_every_method_of_a_protocol_shares_schedule_split_and_seed(tmp_path):
         "semisam_feat": "semisam_rounds",
         "semisam_unimatch_feat": "semisam_rounds",
     }
+    rounds = [m for m in VARIANTS if m not in added and cfgs[m].method.name == "semisam_rounds" and m != "semisam"]
+    assert sorted(f"{m}_control" for m in rounds) == sorted(m for m in added if m.endswith("_control"))
+    for name in rounds:  # the control: the same run, no teacher label
+        control = cfgs[f"{name}_control"]
+        assert control.pseudo_labels.control and not cfgs[name].pseudo_labels.control
+        assert control.method == cfgs[name].method and control.priors == cfgs[name].priors
+        assert control.teacher.adapt == "none"
+    for name in ("semisam_feat", "semisam_unimatch_feat", "semisam_unimatch"):
+        adapted = cfgs[f"{name}_adapted"]
+        assert adapted.teacher.adapt == "decoder" and cfgs[name].teacher.adapt == "none"
+        assert adapted.method == cfgs[name].method and adapted.priors == cfgs[name].priors
     for name in ("supervised_feat", "unimatch_feat", "semisam_feat", "semisam_unimatch_feat"):
         assert cfgs[name].priors.enabled and cfgs[name].priors.source == "embeddings"
     assert cfgs["supervised_priors"].priors.source == "everything"

@@ -28,7 +28,9 @@ class BoxTeacher:
     def input_size(self, size):
         return tuple(size)
 
-    def decode_boxes(self, embeddings, boxes, original_sizes, input_sizes, points=None, point_labels=None):
+    def decode_boxes(
+        self, embeddings, boxes, original_sizes, input_sizes, points=None, point_labels=None, classes=None
+    ):
         out = []
         for image_boxes, (height, width) in zip(boxes, original_sizes, strict=True):
             rows = np.arange(height)[:, None] + 0.5
@@ -153,7 +155,9 @@ class RingTeacher(BoxTeacher):
         super().__init__()
         self.cavity, self.core = cavity, core
 
-    def decode_boxes(self, embeddings, boxes, original_sizes, input_sizes, points=None, point_labels=None):
+    def decode_boxes(
+        self, embeddings, boxes, original_sizes, input_sizes, points=None, point_labels=None, classes=None
+    ):
         out = []
         for image_boxes in boxes:
             sides = np.asarray(image_boxes, dtype=np.float64)[:, 2] - np.asarray(image_boxes, dtype=np.float64)[:, 0]

@@ -343,3 +343,57 @@ def test_rounds_on_a_backbone_train_the_whole_pool_with_the_teacher_on_the_selec
     with (run / "round_1" / "metrics.csv").open() as f:
         tags = {r["tag"] for r in csv.DictReader(f)}
     assert "pseudo/teacher_fraction" in tags
+
+
+# ---------------------------------------------------------------------------------------------- the control
+def test_the_same_steps_control_trains_round_1_without_asking_the_teacher(phantom_root, tmp_path, monkeypatch):
+    cfg = _cfg(phantom_root, tmp_path, "control", "schedule.iterations=4", "pseudo_labels.control=true")
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the control asked the teacher")
+
+    monkeypatch.setattr(rounds_module, "build_run_teacher", no_teacher)
+    result = train(cfg, progress=False)  # no teacher given: none may be built
+    run = tmp_path / "control"
+    assert not (run / "round_1" / "selection.json").exists()
+    round1 = load_checkpoint(run / "round_1" / "checkpoints" / "last.pt")
+    assert round1["iteration"] == round_config(cfg, 1).schedule.iterations  # the same extra steps
+    assert load_checkpoint(result.best_checkpoint)["config"]["output_dir"] == str(run / "round_1")
+    backbone = _cfg(phantom_root, tmp_path, "c2", "method.backbone=unimatch", "pseudo_labels.control=true")
+    pool = resolve_split(backbone.data, build_reader(backbone.data).case_ids()).unlabeled
+    data = rounds_module.make_round_bank(backbone, run / "round_0/checkpoints/best.pt", tmp_path / "r1", 1)
+    assert sorted({c for c, _ in data.items}) == sorted(pool) and not data.bank.entries  # its own pool, no label
+
+
+def test_trusting_no_class_in_rounds_must_say_it_is_the_control(phantom_root, tmp_path):
+    with pytest.raises(ConfigError, match="pseudo_labels.control=true"):
+        _cfg(phantom_root, tmp_path, "run", "pseudo_labels.trust=none")
+    _cfg(phantom_root, tmp_path, "run", "pseudo_labels.trust=none", "pseudo_labels.control=true")
+    with pytest.raises(ConfigError, match="same-steps control of method.name=semisam_rounds"):
+        load_config(
+            REPO / "configs/demo.yaml",
+            tiny_overrides(phantom_root, tmp_path / "x", **{"pseudo_labels.control": "true"}),
+        )
+
+
+def test_the_rounds_label_with_the_adapted_teacher(phantom_root, tmp_path, tiny_teacher, monkeypatch):
+    cfg = _cfg(
+        phantom_root,
+        tmp_path,
+        "adapted",
+        "schedule.iterations=3",
+        "teacher.adapt=decoder",
+        "teacher.adaptation.steps=2",
+    )
+    seen = []
+    real = rounds_module.RoundLabeling.build
+
+    def recording(cfg, teacher, device):
+        seen.append(teacher)
+        return real(cfg, teacher, device)
+
+    monkeypatch.setattr(rounds_module.RoundLabeling, "build", recording)
+    pc.precompute(cfg, teacher=tiny_teacher, splits=["unlabeled", "val"], priors=False, progress=False)
+    train(cfg, progress=False, teacher=tiny_teacher)
+    assert len(seen) == 1 and seen[0].adaptation is not None and seen[0].frozen is tiny_teacher
+    assert seen[0].class_embedding is not None

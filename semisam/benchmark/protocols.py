@@ -75,6 +75,7 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 EMBEDDING_PRIORS = ("priors.enabled=true", "priors.source=embeddings")  # the teacher's image embedding as input
+ADAPTED_TEACHER = "teacher.adapt=decoder"  # the teacher's mask decoder trained on the labeled images
 
 VARIANTS: dict[str, MethodVariant] = {
     m.name: m
@@ -188,8 +189,40 @@ VARIANTS: dict[str, MethodVariant] = {
             ("method.name=semisam_rounds", "method.backbone=unimatch", *EMBEDDING_PRIORS),
             "self-training rounds on unimatch_feat",
         ),
+        MethodVariant(
+            "semisam_feat_adapted",
+            "semisam",
+            ("method.name=semisam_rounds", *EMBEDDING_PRIORS, ADAPTED_TEACHER),
+            "semisam_feat with the teacher's decoder adapted to the labeled images",
+        ),
+        MethodVariant(
+            "semisam_unimatch_feat_adapted",
+            "semisam",
+            ("method.name=semisam_rounds", "method.backbone=unimatch", *EMBEDDING_PRIORS, ADAPTED_TEACHER),
+            "semisam_unimatch_feat with the teacher's decoder adapted to the labeled images",
+        ),
+        MethodVariant(
+            "semisam_unimatch_adapted",
+            "semisam",
+            ("method.name=semisam_rounds", "method.backbone=unimatch", "priors.enabled=false", ADAPTED_TEACHER),
+            "semisam_unimatch with the teacher's decoder adapted to the labeled images",
+        ),
     )
 }
+# Every rounds variant's same-steps control: its rounds as configured, without a teacher label. A "semisam on X"
+# gain is judged against it (round 1 trains more steps than round 0 alone).
+VARIANTS.update(
+    {
+        f"{v.name}_control": MethodVariant(
+            f"{v.name}_control",
+            v.config,
+            (*(o for o in v.overrides if o != ADAPTED_TEACHER), "pseudo_labels.control=true"),
+            f"the same-steps control of {v.name}: its rounds trained without teacher labels",
+        )
+        for v in list(VARIANTS.values())
+        if "method.name=semisam_rounds" in v.overrides and ADAPTED_TEACHER not in v.overrides
+    }
+)
 
 SCALES: dict[str, Scale] = {
     s.name: s

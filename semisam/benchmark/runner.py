@@ -41,7 +41,7 @@ from semisam.config.schema import ConfigError, RunConfig, trains_on_pseudo_label
 from semisam.engine.trainer import RESUMABLE_DIFFERENCES
 from semisam.evaluation.figures import save_figure
 from semisam.evaluation.runner import evaluate_checkpoint
-from semisam.pseudolabel.refine import evaluate_refined
+from semisam.pseudolabel.refine import evaluate_refined, refined_dir_name
 from semisam.teacher.engine import build_teacher
 from semisam.teacher.precompute import precompute
 from semisam.utils import atomic_write_text
@@ -104,6 +104,12 @@ def _pool_size(cfg: RunConfig) -> float:
     """How many unlabeled cases the split takes from the pool (``inf``: all of them)."""
     count = cfg.data.split.unlabeled_count
     return math.inf if count is None else count
+
+
+def _adaptation_overrides(cfg: RunConfig) -> list[str]:
+    """``teacher.adapt`` and ``teacher.adaptation.*`` of ``cfg`` as ``key=value`` overrides."""
+    adaptation = config_to_dict(cfg)["teacher"]["adaptation"]
+    return [f"teacher.adapt={cfg.teacher.adapt}", *(f"teacher.adaptation.{k}={v}" for k, v in adaptation.items())]
 
 
 def run_dir_of(out_dir: Path, method: str, seed: int) -> Path:
@@ -470,13 +476,17 @@ class BenchmarkRunner:
 
     def _refined(self, record: RunRecord) -> RunRecord:
         """``record`` with its test-time refined evaluation (computed unless on disk), when the benchmark refines."""
-        path = Path(record.run_dir) / "eval_test_refined" / "summary.json"
+        cfg = self.configs[(record.method, record.seed)]
+        path = Path(record.run_dir) / refined_dir_name("test", cfg) / "summary.json"
         if path.exists():
             record.refined = json.loads(path.read_text())
         elif self.refine:
             checkpoint = Path(record.run_dir) / "checkpoints" / f"{record.checkpoint}.pt"
             logger.info("%s seed %d: refining the test predictions of %s", record.method, record.seed, checkpoint)
-            evaluate_refined(checkpoint, "test", progress=self.progress, teacher=self.teacher)
+            # the teacher as this benchmark configures it (a run trained without pseudo-labels never stored it)
+            evaluate_refined(
+                checkpoint, "test", overrides=_adaptation_overrides(cfg), progress=self.progress, teacher=self.teacher
+            )
             record.refined = json.loads(path.read_text())
         return record
 

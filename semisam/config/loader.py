@@ -246,7 +246,8 @@ def _flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def unused_keys(cfg: RunConfig) -> list[str]:
     """The settings that cannot change what ``cfg`` trains, for comparing a run with another (a scored run read
-    back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it, the
+    back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it (its
+    adaptation's when pseudo-labels do not), the
     pseudo-labels' when the method does not train on them, the ``method.*`` keys its method does not read
     (:func:`~semisam.config.schema.reads_method_keys`), the pool's size when the method is supervised, and the
     test-time refinement's always."""
@@ -257,6 +258,11 @@ def unused_keys(cfg: RunConfig) -> list[str]:
         keys += _flat_keys(OmegaConf.create(data["teacher"]), "teacher.")
     if not pseudo:
         keys += _flat_keys(OmegaConf.create(data["pseudo_labels"]), "pseudo_labels.")
+        if cfg.priors.enabled:  # the priors are the published teacher's: its adaptation serves decodes only
+            keys += [
+                "teacher.adapt",
+                *_flat_keys(OmegaConf.create(data["teacher"]["adaptation"]), "teacher.adaptation."),
+            ]
     read = reads_method_keys(cfg)
     for key, value in data["method"].items():
         if key not in read:

@@ -36,6 +36,9 @@ INFERENCE_MODES = ("resize", "sliding_window")
 CHECKPOINT_CHOICES = ("last", "best")
 EVAL_METRICS = ("dice", "iou", "hd95", "asd")
 TEACHER_KINDS = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b")
+# teacher.adapt: "none" uses the published weights; "decoder" trains the mask decoder (and a class embedding of the
+# box prompts) on the labeled images before anything asks the teacher (semisam.teacher.adapt)
+TEACHER_ADAPTATIONS = ("none", "decoder")
 TEACHER_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRIOR_FUSIONS = ("concat", "add", "none")
 PRIOR_SOURCES = ("everything", "embeddings")
@@ -322,6 +325,27 @@ class EverythingConfig:
 
 
 @dataclass
+class AdaptationConfig:
+    """How ``teacher.adapt=decoder`` trains the teacher's mask decoder on the labeled images (the image encoder and
+    the prompt encoder stay frozen; embeddings come from the cache).
+
+    Each step decodes ``batch_size`` box prompts drawn class-balanced from the labeled images' label components:
+    the component's box grown by ``pseudo_labels.box_margin`` (as the student's prompts are), scaled about its
+    centre by a factor in ``[1 - shrink, 1 + grow]``, and its corners moved by up to ``jitter`` of its sides: the
+    ways a student's boxes miss. Dice + BCE against the component, AdamW at ``lr`` with a cosine decay over
+    ``steps``. The decoder kept is the one with the best validation Dice (val split, boxes from its labels
+    moved by up to ``jitter``), evaluated every ``steps / 6`` steps and at step 0 (the published one).
+    """
+
+    steps: int = 300
+    lr: float = 1e-4
+    batch_size: int = 8
+    jitter: float = 0.2
+    grow: float = 0.2
+    shrink: float = 0.1
+
+
+@dataclass
 class TeacherConfig:
     """The frozen SAM teacher: which model, where its weights are, how it runs, where its outputs are cached."""
 
@@ -337,6 +361,8 @@ class TeacherConfig:
     decode_batch_size: int = 0  # prompts per decoder call
     cache_dir: str = "cache"  # caches live in <cache_dir>/<data.name>/<teacher kind>
     cache_embeddings: bool = True  # keep image embeddings (float16) of training images for pseudo-labels
+    adapt: str = "none"  # one of TEACHER_ADAPTATIONS
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     everything: EverythingConfig = field(default_factory=EverythingConfig)
 
 
@@ -442,6 +468,10 @@ class PseudoLabelConfig:
     reliability: str = "both"  # teacher | student | both
     round_iterations: float = 0.5  # iterations of a round after round 0, as a fraction of schedule.iterations
     round_init: str = "previous"  # previous: a round starts from the last round's weights; scratch: from random
+    # the same-steps control of a rounds run: every round trains as configured but gets no teacher label (the
+    # teacher is never asked): the backbone alone for the same extra steps. A "semisam on X" gain is the rounds
+    # run's score above this one's, not above round 0's.
+    control: bool = False
     # a finished round 0 to start from instead of training it (its config must be this run's round 0; the
     # benchmark passes the backbone's own run of the same seed)
     round0_checkpoint: str | None = None
@@ -687,6 +717,15 @@ def _validate_teacher(cfg: RunConfig) -> None:
     _choice("teacher.precision", t.precision, TEACHER_PRECISIONS)
     _positive("teacher.embed_batch_size", t.embed_batch_size, allow_zero=True)
     _positive("teacher.decode_batch_size", t.decode_batch_size, allow_zero=True)
+    _choice("teacher.adapt", t.adapt, TEACHER_ADAPTATIONS)
+    a = t.adaptation
+    for key in ("steps", "batch_size"):
+        _positive(f"teacher.adaptation.{key}", getattr(a, key))
+    if not 0 < a.lr < 1:
+        raise ConfigError(f"teacher.adaptation.lr={a.lr} must be in (0, 1)")
+    for key in ("jitter", "grow", "shrink"):
+        if not 0 <= getattr(a, key) < 1:
+            raise ConfigError(f"teacher.adaptation.{key}={getattr(a, key)} must be in [0, 1)")
     ev = t.everything
     if not ev.box_scales or not all(0 < x <= 1 for x in ev.box_scales):
         raise ConfigError(f"teacher.everything.box_scales={list(ev.box_scales)} must be fractions in (0, 1]")
@@ -751,6 +790,13 @@ def _validate_pseudo_labels(cfg: RunConfig) -> None:
     _positive("pseudo_labels.refresh_every", pl.refresh_every)
     _choice("pseudo_labels.reliability", pl.reliability, RELIABILITY_RULES)
     _choice("pseudo_labels.round_init", pl.round_init, ROUND_INITS)
+    if pl.control and not uses_rounds(cfg):
+        raise ConfigError("pseudo_labels.control=true is the same-steps control of method.name=semisam_rounds")
+    if pl.trust == "none" and uses_rounds(cfg) and not pl.control:
+        raise ConfigError(
+            "pseudo_labels.trust=none in rounds trusts no class, so no image is kept and round 1 trains without "
+            "teacher labels: for that same-steps control say so with pseudo_labels.control=true"
+        )
     _positive("pseudo_labels.rounds", pl.rounds)
     _positive("pseudo_labels.round_iterations", pl.round_iterations)
     if not 0 < pl.select_fraction <= 1:

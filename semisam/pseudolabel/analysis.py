@@ -23,7 +23,7 @@ from semisam.data.splits import resolve_split
 from semisam.pseudolabel.labeler import PseudoLabeler, PseudoLabelResult, score_against_labels
 from semisam.pseudolabel.pipeline import calibrate_then_label, calibration_items, initial_trust
 from semisam.pseudolabel.reliability import rank_by_reliability, select_reliable
-from semisam.teacher.engine import build_teacher
+from semisam.teacher.adapt import build_run_teacher
 from semisam.teacher.precompute import precompute
 from semisam.teacher.stores import open_embedding_store, open_prior_store
 
@@ -40,7 +40,7 @@ def analyze_pseudo_labels(
     Returns:
         the scores, and per item ``(image (C, H, W), result, held-back label (H, W))``.
     """
-    teacher = teacher or build_teacher(cfg.teacher)
+    teacher = build_run_teacher(cfg, teacher)
     reader = build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())
     # trust is calibrated on held-out labeled cases (val), as in training
@@ -107,4 +107,51 @@ def reliability_report(
             binned.append(row)
         unscored = [i for i, v in enumerate(values) if math.isnan(v)]
         out[rule] = {"top_fraction": top, "bins": binned, "unscored": scored(unscored)}
+    return out
+
+
+def pooled_class_dice(predictions: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int) -> list[float]:
+    """Per foreground class ``1..K-1``, the Dice of label maps pooled over all images (every pixel counts once;
+    ``nan`` where neither side has the class)."""
+    out = []
+    for k in range(1, num_classes):
+        overlap = total = 0
+        for pred, ref in zip(predictions, refs, strict=True):
+            a, b = pred == k, ref == k
+            overlap += int(np.logical_and(a, b).sum())
+            total += int(a.sum() + b.sum())
+        out.append(2 * overlap / total if total else math.nan)
+    return out
+
+
+def compare_teachers(
+    cfg: RunConfig, model: torch.nn.Module, limit: int, device: torch.device, teacher=None, progress: bool = True
+) -> dict:
+    """The published teacher, the adapted one (``cfg.teacher.adapt``) and the student, per class, on the same
+    pixels: the first ``limit`` unlabeled images, prompts from the student's predictions, the teacher asked about
+    every class (no calibration), its fused label before rectification against the held-back labels (an analysis:
+    never part of training). Returns ``{class name: {"frozen", "adapted", "student": pooled Dice}, "images": n}``
+    (``adapted`` only with ``teacher.adapt`` other than ``none``)."""
+    adapted = build_run_teacher(cfg, teacher)
+    teachers = {"frozen": adapted.frozen, **({"adapted": adapted} if adapted is not adapted.frozen else {})}
+    reader = build_reader(cfg.data)
+    cases = resolve_split(cfg.data, reader.case_ids()).unlabeled[:limit]
+    precompute(cfg, teacher=adapted.frozen, splits=["unlabeled"], limit=limit, progress=progress, priors=False)
+    priors = open_prior_store(cfg, cases) if cfg.priors.enabled else None
+    embeddings = open_embedding_store(cfg, adapted.frozen, cases)
+    items = expand_to_slices(reader, cases)
+    every_class = {k: True for k in range(1, cfg.data.num_classes)}
+    labels: dict[str, list[np.ndarray]] = {}
+    student: list[np.ndarray] = []
+    model.to(device).eval()
+    for name, t in teachers.items():
+        labeler = PseudoLabeler(cfg, t, CaseLoader(reader, cfg.data, priors), embeddings, priors, device)
+        results, _ = labeler.label(model, items, every_class, seed=cfg.seed)
+        labels[name] = [r.teacher_label for r in results]
+        student = [r.model_probs.argmax(0) for r in results]
+        refs = [labeler.loader.label_slice(c, k) for c, k in items]  # analysis only: never part of training
+    names = cfg.data.class_names or [str(k) for k in range(cfg.data.num_classes)]
+    scores = {n: pooled_class_dice(v, refs, cfg.data.num_classes) for n, v in {**labels, "student": student}.items()}
+    out: dict = {names[k]: {n: s[k - 1] for n, s in scores.items()} for k in range(1, cfg.data.num_classes)}
+    out["images"] = len(items)
     return out

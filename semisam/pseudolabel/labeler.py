@@ -257,11 +257,12 @@ class PseudoLabeler:
         if not with_prompts:
             return [[] for _ in items]
         embeddings = torch.stack([self._embedding(*items[i]) for i in with_prompts])
-        boxes, points, labels = [], [], []
+        boxes, points, labels, classes = [], [], [], []
         use_points = teacher.spec.accepts_points
         for i in with_prompts:
             flat = [p for _, group in prompt_sets[i] for p in group]
             boxes.append(torch.from_numpy(np.stack([p.box for p in flat]).astype(np.float32)))
+            classes.append(np.asarray([p.class_index for p in flat], dtype=np.int64))
             if use_points:
                 pts, lbs = zip(*(_point_prompt(p) for p in flat), strict=True)
                 points.append(torch.from_numpy(np.stack(pts)))
@@ -273,6 +274,7 @@ class PseudoLabeler:
             [teacher.input_size(sizes[i]) for i in with_prompts],
             points=points if use_points else None,
             point_labels=labels if use_points else None,
+            classes=classes,
         )
         out: list[list[np.ndarray]] = [[] for _ in items]
         for i, result in zip(with_prompts, results, strict=True):

@@ -48,7 +48,7 @@ from semisam.pseudolabel.labeler import PseudoLabeler
 from semisam.pseudolabel.pipeline import CalibrationRule, calibrate, calibration_items
 from semisam.pseudolabel.rectify import output_label
 from semisam.student.checkpoint import load_student
-from semisam.teacher.engine import build_teacher
+from semisam.teacher.adapt import build_run_teacher
 from semisam.teacher.precompute import precompute
 from semisam.teacher.stores import open_embedding_store, open_prior_store
 from semisam.utils import atomic_write_text
@@ -174,7 +174,7 @@ class RefinementRun:
                 "(data.split.val / val_fraction)"
             )
         require_labels(reader, cases, "evaluated")  # checked first; read only after each case is predicted
-        teacher = teacher or build_teacher(cfg.teacher)
+        teacher = build_run_teacher(cfg, teacher, progress)
         tic = time.perf_counter()
         precompute(
             cfg, teacher, splits=[split, "val"], progress=progress, priors=False, keep_embeddings_of=[split, "val"]
@@ -258,7 +258,8 @@ def evaluate_refined(
     (default: built from the config's ``teacher`` section). Missing embeddings of the scored split and of the val
     split (the calibration) are computed into the teacher cache first.
 
-    Writes into ``out_dir`` (default ``<run>/eval_<split>_refined``): ``summary.json`` (nnU-Net-shaped, the refined
+    Writes into ``out_dir`` (default ``<run>/eval_<split>_refined``, ``..._refined_adapted`` with
+    ``teacher.adapt=decoder``: :func:`refined_dir_name`): ``summary.json`` (nnU-Net-shaped, the refined
     output's scores, with ``student`` holding the same for the student alone, ``metric_per_case`` entries carrying
     ``student_metrics``, and ``refinement``: the classes refined, the calibration, seconds per image),
     ``metrics_per_case.csv`` (refined), ``metrics_per_case_student.csv`` and ``refinement.png`` (image, student,
@@ -275,9 +276,14 @@ def evaluate_refined(
     trusted, calibration, calibration_scalars = run.decide_classes()
     accs, rows, images, prompts = run.score_cases(trusted, progress)
     summary = _refined_summary(run, accs, trusted, calibration, calibration_scalars, images, prompts)
-    out = Path(out_dir) if out_dir else checkpoint.parent.parent / f"eval_{split}_refined"
+    out = Path(out_dir) if out_dir else checkpoint.parent.parent / refined_dir_name(split, run.cfg)
     _write_refined_report(out, run.cfg, summary, rows)
     return summary
+
+
+def refined_dir_name(split: str, cfg: RunConfig) -> str:
+    """``eval_<split>_refined``, or ``eval_<split>_refined_adapted`` by the adapted teacher (``teacher.adapt``)."""
+    return f"eval_{split}_refined" + ("" if cfg.teacher.adapt == "none" else "_adapted")
 
 
 def _refined_summary(

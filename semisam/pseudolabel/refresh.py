@@ -29,8 +29,8 @@ from semisam.data.readers import CaseReader
 from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabeler, PseudoLabelResult
 from semisam.pseudolabel.pipeline import calibrate_then_label, calibration_items, initial_trust, labeling_seed
 from semisam.run_logger import NullRunLogger, RunLogger, colorize, to_rgb
+from semisam.teacher.adapt import build_run_teacher
 from semisam.teacher.cache import CacheStore
-from semisam.teacher.engine import build_teacher
 from semisam.teacher.stores import open_embedding_store
 
 logger = logging.getLogger("semisam")
@@ -67,7 +67,7 @@ class PseudoLabelRefresher:
         self.seconds = 0.0  # spent in refreshes during this process
         if not self.main:
             return
-        self.teacher = teacher or build_teacher(cfg.teacher)
+        self.teacher = build_run_teacher(cfg, teacher)
         cases = sorted({c for c, _ in unlabeled_items} | {c for c, _ in self.calibration_items})
         embeddings = open_embedding_store(cfg, self.teacher, cases)
         self.labeler = PseudoLabeler(

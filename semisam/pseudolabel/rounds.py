@@ -37,7 +37,8 @@ from semisam.pseudolabel.labeler import BankEntry, PseudoLabelBank, PseudoLabele
 from semisam.pseudolabel.pipeline import Labeling, calibrate_then_label, calibration_items, initial_trust
 from semisam.pseudolabel.reliability import rank_by_reliability, select_reliable
 from semisam.student.checkpoint import load_student
-from semisam.teacher.engine import SamTeacher, build_teacher
+from semisam.teacher.adapt import build_run_teacher
+from semisam.teacher.engine import SamTeacher
 from semisam.teacher.stores import open_embedding_store, open_prior_store
 from semisam.utils import atomic_write_text
 
@@ -114,11 +115,16 @@ def make_round_bank(
 ) -> RoundData:
     """The unlabeled items and the bank of the round in ``round_dir``, labeled by the student of ``checkpoint``
     (read back if the round's ``selection.json`` exists)."""
+    if cfg.pseudo_labels.control:  # the same-steps control: the round's images, no teacher label
+        reader = build_reader(cfg.data)
+        pool = expand_to_slices(reader, resolve_split(cfg.data, reader.case_ids()).unlabeled)
+        logger.info("%s: the same-steps control: no teacher label (pseudo_labels.control=true)", round_dir.name)
+        return RoundData(pool)  # no entry: the backbone's own loss on them, none for the supervised backbone
     restored = read_round_bank(round_dir)
     if restored is not None:
         return restored
     student = load_student(checkpoint, weights="model")
-    context = RoundLabeling.build(cfg, teacher or build_teacher(cfg.teacher), student.device)
+    context = RoundLabeling.build(cfg, build_run_teacher(cfg, teacher), student.device)
     logger.info(
         "%s: labeling %d unlabeled images with the student of %s", round_dir.name, len(context.pool), checkpoint
     )

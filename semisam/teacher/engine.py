@@ -21,6 +21,7 @@ results are returned as ``float32``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
 
 from semisam.config.schema import TeacherConfig
 from semisam.teacher.checkpoints import resolve_checkpoint
@@ -76,12 +78,40 @@ class _Prompts:
         boxes: float32 ``(M, 4)`` XYXY, or ``None`` (points only).
         coords: float32 ``(M, P, 2)`` XY, or ``None`` (boxes only); labels: int ``(M, P)`` with ``coords``.
         counts: prompts per image (``M = sum(counts)``).
+        classes: int64 ``(M,)`` class index of each prompt, or ``None`` (not given).
     """
 
     boxes: torch.Tensor | None
     coords: torch.Tensor | None
     labels: torch.Tensor | None
     counts: list[int]
+    classes: torch.Tensor | None = None
+
+
+class ClassPromptEmbedding(nn.Module):
+    """A learned vector per class added to every sparse prompt token: how an adapted teacher knows which class a
+    box asks for (a class-blind decoder trades one class for another: docs/RESULTS.md).
+
+    Initialised to zero, so before training the teacher answers exactly as the published decoder does.
+
+    Args:
+        num_classes: ``K``, background included (row 0 is never asked for).
+        dim: the prompt tokens' width (256 for every kind).
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_classes, dim)
+        nn.init.zeros_(self.embedding.weight)
+
+    @property
+    def num_classes(self) -> int:
+        return self.embedding.num_embeddings
+
+    def forward(self, sparse: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``sparse`` ``(n, t, dim)`` prompt tokens, ``classes`` int ``(n,)`` -> the tokens with each prompt's
+        class vector added."""
+        return sparse + self.embedding(classes.to(sparse.device).long())[:, None].to(sparse.dtype)
 
 
 def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -123,6 +153,10 @@ class SamTeacher:
         checkpoint_sha256: the sha256 of the weights' file (names the teacher in cache manifests).
         embed_batch_size: images per encoder call (default of :meth:`embed`).
         decode_batch_size: prompts per decoder call (default of :meth:`decode_boxes`).
+
+    An *adapted* teacher (:meth:`with_decoder`, :mod:`semisam.teacher.adapt`) shares this one's image and prompt
+    encoders and has its own mask decoder and :class:`ClassPromptEmbedding`; :attr:`frozen` is the published
+    teacher it came from (itself for a published one), :attr:`adaptation` the identity of its training.
     """
 
     def __init__(
@@ -154,6 +188,43 @@ class SamTeacher:
         self.model = sam.to(self.device).eval()
         self.model.requires_grad_(False)
         self.transform = ResizeLongestSide(spec.encoder_size)
+        self.class_embedding: ClassPromptEmbedding | None = None
+        self.adaptation: dict | None = None
+        self.frozen: SamTeacher = self
+
+    def with_decoder(
+        self,
+        decoder_state: dict[str, torch.Tensor] | None,
+        class_embedding: ClassPromptEmbedding | None,
+        adaptation: dict | None = None,
+    ) -> SamTeacher:
+        """A teacher sharing this one's image and prompt encoders (the same modules, never copied), with a copy of
+        its mask decoder loaded with ``decoder_state`` (``None``: this one's weights) and ``class_embedding``.
+        It is frozen like every teacher; :mod:`semisam.teacher.adapt` unfreezes the copy it trains."""
+        decoder = copy.deepcopy(self.frozen.model.mask_decoder)
+        if decoder_state is not None:
+            decoder.load_state_dict(decoder_state)
+        sam = Sam(
+            image_encoder=self.model.image_encoder,
+            prompt_encoder=self.model.prompt_encoder,
+            mask_decoder=decoder,
+            pixel_mean=self.model.pixel_mean.flatten().tolist(),
+            pixel_std=self.model.pixel_std.flatten().tolist(),
+        )
+        adapted = SamTeacher(
+            sam,
+            self.spec,
+            self.device,
+            self.dtype,
+            self.checkpoint_sha256,
+            embed_batch_size=self.embed_batch_size,
+            decode_batch_size=self.decode_batch_size,
+        )
+        if class_embedding is not None:
+            adapted.class_embedding = class_embedding.to(self.device).eval().requires_grad_(False)
+        adapted.adaptation = adaptation
+        adapted.frozen = self.frozen
+        return adapted
 
     # ------------------------------------------------------------------------------------------------------------
     # identity
@@ -286,6 +357,7 @@ class SamTeacher:
         points: Sequence[torch.Tensor | np.ndarray] | None = None,
         point_labels: Sequence[torch.Tensor | np.ndarray] | None = None,
         batch_size: int | None = None,
+        classes: Sequence[torch.Tensor | np.ndarray | Sequence[int]] | None = None,
     ) -> list[DecodeResult]:
         """Masks for box (and, for point-capable kinds, point) prompts on several images at once.
 
@@ -301,6 +373,8 @@ class SamTeacher:
                 (1 foreground, 0 background); ``P`` must be the same for all images of the call. Only for kinds
                 that accept points; a box-only kind raises :class:`TeacherError`.
             batch_size: prompts per decoder call (default ``decode_batch_size``).
+            classes: per image, the class index ``(N_i,)`` each prompt asks for. An adapted, class-aware teacher
+                needs them (:class:`ClassPromptEmbedding`); the published teacher ignores them.
 
         All prompts of all images go through the prompt encoder and the mask decoder together, ``batch_size``
         prompts per call; each prompt is decoded against its own image's embedding.
@@ -310,6 +384,7 @@ class SamTeacher:
         """
         self._check_decode_arguments(embeddings, boxes, original_sizes, input_sizes, points, point_labels)
         prompts = self._prompts_in_input_frame(boxes, points, point_labels, original_sizes)
+        prompts.classes = self._prompt_classes(classes, prompts.counts)
         batch_size = batch_size or self.decode_batch_size
         low_res, iou = self._decode_in_batches(embeddings, prompts, multimask, batch_size)
         return self._results_per_image(low_res, iou, prompts.counts, original_sizes, input_sizes, multimask, batch_size)
@@ -345,6 +420,26 @@ class SamTeacher:
             raise ValueError(
                 f"embeddings of shape {tuple(embeddings.shape)}; this teacher makes {self.embedding_shape}"
             )
+
+    def _prompt_classes(self, classes: Sequence | None, counts: Sequence[int]) -> torch.Tensor | None:
+        """The classes of every image's prompts, concatenated (``None`` where the teacher does not use them)."""
+        if self.class_embedding is None:
+            return None
+        if classes is None or len(classes) != len(counts):
+            raise TeacherError(
+                "this adapted teacher knows the classes (teacher.adapt=decoder): decode_boxes needs the class of "
+                "every prompt (classes=, one array per image)"
+            )
+        flat = []
+        for i, (image_classes, count) in enumerate(zip(classes, counts, strict=True)):
+            image_classes = torch.as_tensor(np.asarray(image_classes), dtype=torch.long).reshape(-1)
+            if image_classes.numel() != count:
+                raise ValueError(f"image {i}: {count} prompts but {image_classes.numel()} classes")
+            flat.append(image_classes)
+        joined = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.long)
+        if joined.numel() and (int(joined.min()) < 1 or int(joined.max()) >= self.class_embedding.num_classes):
+            raise ValueError(f"prompt classes must be foreground classes 1..{self.class_embedding.num_classes - 1}")
+        return joined.to(self.device)
 
     def _prompts_in_input_frame(
         self,
@@ -408,11 +503,12 @@ class SamTeacher:
             stop = start + batch_size
             rows = image_index[start:stop]
             image_embeddings = embeddings[rows.to(embeddings.device)].to(self.device, torch.float32)
-            masks, iou = self._decode(
+            masks, iou = self.decode_low_res(
                 image_embeddings,
                 None if prompts.boxes is None else prompts.boxes[start:stop],
                 None if prompts.coords is None else (prompts.coords[start:stop], prompts.labels[start:stop]),
                 multimask,
+                None if prompts.classes is None else prompts.classes[start:stop],
             )
             low_res.append(masks)
             ious.append(iou)
@@ -456,14 +552,18 @@ class SamTeacher:
             results.append(DecodeResult(logits=logits, iou=image_iou))
         return results
 
-    def _decode(
+    def decode_low_res(
         self,
         image_embeddings: torch.Tensor,
         boxes: torch.Tensor | None,
         points: tuple[torch.Tensor, torch.Tensor] | None,
         multimask: bool,
+        classes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder for n prompts, each with its own image embedding ``(n, 256, e, e)``.
+        """Prompt encoder + mask decoder for n prompts, each with its own image embedding ``(n, 256, e, e)``, boxes
+        ``(n, 4)`` / points already in the resized input frame, ``classes`` ``(n,)`` for a class-aware teacher.
+        Returns float32 low-resolution logits ``(n, m, 4e, 4e)`` over the padded input frame and IoU ``(n, m)``.
+        Gradients flow where the caller enables them (:mod:`semisam.teacher.adapt` trains through it).
 
         segment-anything's ``MaskDecoder.predict_masks`` assumes one image per call: it repeats
         ``image_embeddings`` once per prompt and adds the dense prompt embedding (``src = repeat(emb) + dense``).
@@ -473,6 +573,10 @@ class SamTeacher:
         """
         with self._autocast():
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
+            if self.class_embedding is not None:
+                if classes is None:
+                    raise TeacherError("this adapted teacher knows the classes: give the class of every prompt")
+                sparse = self.class_embedding(sparse, classes)
             zero = image_embeddings.new_zeros((1, *image_embeddings.shape[1:]))
             masks, iou = self.model.mask_decoder(
                 image_embeddings=zero,

@@ -189,7 +189,7 @@ def precompute(
     unknown = [s for s in splits if s not in SPLIT_NAMES]
     if unknown:
         raise ValueError(f"unknown splits {unknown}; choose from {SPLIT_NAMES}")
-    teacher = teacher or build_teacher(cfg.teacher)
+    teacher = (teacher or build_teacher(cfg.teacher)).frozen  # the everything mode is the published decoder's
     reader = reader or build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())
     if limit is not None:

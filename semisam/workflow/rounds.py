@@ -57,6 +57,7 @@ def round_config(cfg: RunConfig, index: int) -> RunConfig:
     if index == 0:
         data["method"]["name"] = backbone
         data["method"]["backbone"] = MethodConfig.backbone  # the default: the backbone run itself reads none
+        data["pseudo_labels"]["control"] = False  # nor a rounds-only key
     else:
         sched = data["schedule"]
         scale = cfg.pseudo_labels.round_iterations
