@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from semisam.config.loader import config_differences, config_from_dict, config_to_dict, load_config
+from semisam.config.loader import REMOVED_KEYS, config_differences, config_from_dict, config_to_dict, load_config
 from semisam.config.schema import (
     METHOD_NAMES,
     ConfigError,
@@ -226,3 +226,14 @@ def test_a_deprecated_key_set_past_the_loader_is_refused():
     cfg.pseudo_labels.mode = "online"
     with pytest.raises(ConfigError, match=r"pseudo_labels\.mode='online' is deprecated"):
         validate_config(cfg)
+
+
+def test_a_saved_config_with_a_removed_key_at_its_fixed_value_still_loads():
+    cfg = load_config(REPO / "configs/demo.yaml", ["data.root=x"])
+    saved = config_to_dict(cfg)
+    saved["priors"]["projection_channels"] = REMOVED_KEYS["priors.projection_channels"]
+    assert config_from_dict(saved) == cfg
+    assert "projection_channels" in saved["priors"]  # the caller's dict is left alone
+    saved["priors"]["projection_channels"] = 64
+    with pytest.raises(ConfigError, match="priors.projection_channels=64 was removed"):
+        config_from_dict(saved)

@@ -183,6 +183,7 @@ def test_a_refined_evaluation_reports_student_and_refined_side_by_side(phantom_r
             assert summary["student"]["mean"][c][m] == pytest.approx(v, nan_ok=True)
     for entry in on_disk["metric_per_case"]:
         assert entry["student_metrics"].keys() == entry["metrics"].keys() == {"1", "2", "3"}
+    assert summary["refinement"]["teacher"] == {"adapt": "none", "val_dice": None}  # the published teacher refined
     # a class the calibration left to the student scores exactly as the student there
     for c, refined in summary["refinement"]["trusted"].items():
         if not refined:
@@ -200,6 +201,20 @@ def test_the_refined_classes_can_be_forced_for_an_ablation(phantom_root, tmp_pat
     )
     assert summary["refinement"]["trusted"] == {"1": False, "2": True, "3": False}
     assert summary["refinement"]["calibration"]["images"] == 0  # not calibrated
+
+
+def test_the_adapted_teacher_refines_into_its_own_folder(phantom_root, tmp_path, tiny_teacher):
+    cfg = _cfg(phantom_root, tmp_path)
+    result = Trainer(cfg, progress=False).fit()
+    adapted = ["teacher.adapt=decoder", "teacher.adaptation.steps=3"]
+    summary = evaluate_refined(result.checkpoint, "test", None, None, adapted, progress=False, teacher=tiny_teacher)
+    run = result.checkpoint.parent.parent
+    assert json.loads((run / "eval_test_refined_adapted" / "summary.json").read_text()) == json.loads(
+        json.dumps(summary)
+    )
+    teacher = summary["refinement"]["teacher"]
+    assert teacher["adapt"] == "decoder" and set(teacher["val_dice"]) == set(cfg.data.class_names[1:])
+    assert not (run / "eval_test_refined").exists()
 
 
 def test_refinement_needs_a_val_split_to_calibrate_on(phantom_root, tmp_path, tiny_teacher):

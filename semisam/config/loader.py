@@ -18,6 +18,7 @@ configs read back from checkpoints alike, so the rest of the package only ever s
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,27 @@ logger = logging.getLogger("semisam")
 
 #: The values the deprecated ``pseudo_labels.mode`` took; ``mode=X`` is ``method.name=semisam_X``.
 DEPRECATED_MODES = ("rounds", "online")
+
+
+#: Keys removed from the schema after being fixed to the one value every run used: a saved config (a checkpoint's)
+#: holding that value still loads, without the key; another value cannot be honoured and is an error.
+REMOVED_KEYS = {"priors.projection_channels": 16}  # now semisam.student.unet.PROJECTION_CHANNELS
+
+
+def _without_removed_keys(saved: dict) -> dict:
+    """A copy of the saved config dict ``saved`` without the :data:`REMOVED_KEYS` it holds at their fixed value."""
+    saved = copy.deepcopy(saved)
+    for key, fixed in REMOVED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = saved
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if node[leaf] != fixed:
+            raise ConfigError(f"{key}={node[leaf]} was removed: every run now uses {fixed}; this run cannot be loaded")
+        del node[leaf]
+    return saved
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> DictConfig:
@@ -87,7 +109,7 @@ def load_config(
     try:
         sources = [schema]
         if base is not None:
-            sources.append(OmegaConf.create(base))
+            sources.append(OmegaConf.create(_without_removed_keys(base)))
         paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
         for p in paths:
             sources.append(_read_yaml(Path(p).resolve(), ()))
@@ -247,7 +269,7 @@ def _flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
 def unused_keys(cfg: RunConfig) -> list[str]:
     """The settings that cannot change what ``cfg`` trains, for comparing a run with another (a scored run read
     back, a finished run standing for a round 0): the teacher's when neither priors nor pseudo-labels use it (its
-    adaptation's when pseudo-labels do not), the
+    adaptation's when pseudo-labels do not, or the teacher is not adapted), the
     pseudo-labels' when the method does not train on them, the ``method.*`` keys its method does not read
     (:func:`~semisam.config.schema.reads_method_keys`), the pool's size when the method is supervised, and the
     test-time refinement's always."""
@@ -259,10 +281,9 @@ def unused_keys(cfg: RunConfig) -> list[str]:
     if not pseudo:
         keys += _flat_keys(OmegaConf.create(data["pseudo_labels"]), "pseudo_labels.")
         if cfg.priors.enabled:  # the priors are the published teacher's: its adaptation serves decodes only
-            keys += [
-                "teacher.adapt",
-                *_flat_keys(OmegaConf.create(data["teacher"]["adaptation"]), "teacher.adaptation."),
-            ]
+            keys.append("teacher.adapt")
+    if (pseudo or cfg.priors.enabled) and (not pseudo or cfg.teacher.adapt == "none"):  # no adaptation runs
+        keys += _flat_keys(OmegaConf.create(data["teacher"]["adaptation"]), "teacher.adaptation.")
     read = reads_method_keys(cfg)
     for key, value in data["method"].items():
         if key not in read:

@@ -311,6 +311,8 @@ def _refined_summary(
         "prompts_per_image": prompts / max(1, images),
         "seconds": dict(run.seconds),
         "seconds_per_image": run.seconds["refine"] / max(1, images),
+        # the teacher that refined: published, or adapted (with its val Dice against the published decoder's)
+        "teacher": {"adapt": run.cfg.teacher.adapt, "val_dice": run.labeler.teacher.adaptation_scores},
     }
     return summary
 

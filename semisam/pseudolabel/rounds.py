@@ -167,6 +167,7 @@ def _select_and_write(
         "selected": len(items),
         "score_threshold": min((scores[i] for i in chosen), default=math.nan),
         "trusted": {str(k): v for k, v in trusted.items()},
+        "teacher": {"adapt": cfg.teacher.adapt, "val_dice": context.labeler.teacher.adaptation_scores},
         "refresh": labeling.stats.scalars(),
         "items": [[c, k] for c, k in items],
         "train_items": [[c, k] for c, k in train_items],

@@ -161,6 +161,7 @@ def _load(path: Path, teacher: SamTeacher, identity: dict) -> AdaptationResult |
         logger.warning("%s was adapted with another identity; adapting again", path)
         return None
     adapted = teacher.frozen.with_decoder(state["mask_decoder"], _embedding_from(state), identity)
+    adapted.adaptation_scores = state["report"]["classes"]
     return AdaptationResult(adapted, state["report"], path.parent)
 
 
@@ -459,6 +460,7 @@ def _adapt(
         "history": history,
         "identity": identity,
     }
+    adapted.adaptation_scores = report["classes"]
     atomic_torch_save({"identity": identity, **state, "report": report}, directory / "decoder.pt")
     atomic_write_text(directory / "adaptation.json", json.dumps(report, indent=2))
     _write_figure(directory / "adaptation.png", loader, held_out, val_boxes, frozen, adapted, names)

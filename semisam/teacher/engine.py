@@ -190,6 +190,7 @@ class SamTeacher:
         self.transform = ResizeLongestSide(spec.encoder_size)
         self.class_embedding: ClassPromptEmbedding | None = None
         self.adaptation: dict | None = None
+        self.adaptation_scores: dict | None = None  # per class {"frozen", "adapted"} val Dice (adaptation.json)
         self.frozen: SamTeacher = self
 
     def with_decoder(
