@@ -25,11 +25,6 @@ from semisam.cli import add_common_arguments, config_from_args, run_main, setup_
 def main() -> None:
     parser = tool_parser(__doc__)
     add_common_arguments(parser)
-    parser.add_argument(
-        "--class-blind",
-        action="store_true",
-        help="train one decoder for every class, without the class embedding (the comparison in docs/RESULTS.md)",
-    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     setup_logging(args.log_level)
@@ -37,9 +32,7 @@ def main() -> None:
     from semisam.teacher.engine import build_teacher
 
     cfg = config_from_args(args)
-    result = adapt_teacher(
-        cfg, build_teacher(cfg.teacher), progress=not args.no_progress, class_aware=not args.class_blind
-    )
+    result = adapt_teacher(cfg, build_teacher(cfg.teacher), progress=not args.no_progress)
     report = result.report
     print(f"adapted decoder: {result.directory}")
     if "seconds" in report:

@@ -40,7 +40,7 @@ def analyze_pseudo_labels(
     Returns:
         the scores, and per item ``(image (C, H, W), result, held-back label (H, W))``.
     """
-    teacher = build_run_teacher(cfg, teacher)
+    teacher = build_run_teacher(cfg, teacher, progress)
     reader = build_reader(cfg.data)
     split = resolve_split(cfg.data, reader.case_ids())
     # trust is calibrated on held-out labeled cases (val), as in training
@@ -132,7 +132,7 @@ def compare_teachers(
     every class (no calibration), its fused label before rectification against the held-back labels (an analysis:
     never part of training). Returns ``{class name: {"frozen", "adapted", "student": pooled Dice}, "images": n}``
     (``adapted`` only with ``teacher.adapt`` other than ``none``)."""
-    adapted = build_run_teacher(cfg, teacher)
+    adapted = build_run_teacher(cfg, teacher, progress)
     teachers = {"frozen": adapted.frozen, **({"adapted": adapted} if adapted is not adapted.frozen else {})}
     reader = build_reader(cfg.data)
     cases = resolve_split(cfg.data, reader.case_ids()).unlabeled[:limit]

@@ -52,6 +52,7 @@ class PseudoLabelRefresher:
         device: torch.device,
         run_dir: Path,
         teacher=None,
+        progress: bool = True,
     ) -> None:
         """``held_out_items``: slices of labeled cases the student never trains on (the val split); the
         calibration and the gate use ``pseudo_labels.calibration_images`` of them, spread evenly
@@ -67,7 +68,7 @@ class PseudoLabelRefresher:
         self.seconds = 0.0  # spent in refreshes during this process
         if not self.main:
             return
-        self.teacher = build_run_teacher(cfg, teacher)
+        self.teacher = build_run_teacher(cfg, teacher, progress)  # progress: of an adaptation
         cases = sorted({c for c, _ in unlabeled_items} | {c for c, _ in self.calibration_items})
         embeddings = open_embedding_store(cfg, self.teacher, cases)
         self.labeler = PseudoLabeler(

@@ -111,7 +111,12 @@ class RoundLabeling:
 
 
 def make_round_bank(
-    cfg: RunConfig, checkpoint: Path, round_dir: Path, seed: int, teacher: SamTeacher | None = None
+    cfg: RunConfig,
+    checkpoint: Path,
+    round_dir: Path,
+    seed: int,
+    teacher: SamTeacher | None = None,
+    progress: bool = True,
 ) -> RoundData:
     """The unlabeled items and the bank of the round in ``round_dir``, labeled by the student of ``checkpoint``
     (read back if the round's ``selection.json`` exists)."""
@@ -124,7 +129,7 @@ def make_round_bank(
     if restored is not None:
         return restored
     student = load_student(checkpoint, weights="model")
-    context = RoundLabeling.build(cfg, build_run_teacher(cfg, teacher), student.device)
+    context = RoundLabeling.build(cfg, build_run_teacher(cfg, teacher, progress), student.device)
     logger.info(
         "%s: labeling %d unlabeled images with the student of %s", round_dir.name, len(context.pool), checkpoint
     )

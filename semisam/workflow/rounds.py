@@ -144,7 +144,7 @@ class SelfTraining:
         round_dir = Path(cfg.output_dir)
         fresh, tic = not (round_dir / "selection.json").exists(), time.perf_counter()
         data = make_round_bank(
-            self.cfg, checkpoint, round_dir, labeling_seed(self.cfg.seed, index), teacher=self.teacher
+            self.cfg, checkpoint, round_dir, labeling_seed(self.cfg.seed, index), self.teacher, self.progress
         )
         self._time(f"round_{index}_label_s", fresh, tic)
         init = checkpoint if self.cfg.pseudo_labels.round_init == "previous" else None

@@ -44,6 +44,7 @@ def build_trainer(cfg: RunConfig, progress: bool = True, teacher: SamTeacher | N
             context.device,
             context.run_dir,
             teacher,
+            progress,
         )
 
     online = trains_on_pseudo_labels(cfg) and not uses_rounds(cfg)
